@@ -1,0 +1,50 @@
+"""ONNX Runtime engine (CPU, or CUDA/TensorRT execution providers where onnxruntime-gpu has them)."""
+from __future__ import annotations
+
+import numpy as np
+
+from edgepilot.engines.base import Engine, Session
+from edgepilot.errors import ModelError, RuntimeFailure, UnavailableError
+from edgepilot.model import Format, Model
+from edgepilot.optional import require
+
+_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+class OnnxRuntimeSession(Session):
+    def __init__(self, model: Model, threads: int | None, device: str):
+        ort = require("onnxruntime", "onnx")
+        provider = _PROVIDERS.get(device)
+        if provider not in ort.get_available_providers():
+            raise UnavailableError(f"onnxruntime has no {device!r} provider here",
+                                   hint=f"available: {', '.join(ort.get_available_providers())}")
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        try:
+            self._sess = ort.InferenceSession(str(model.path), opts, providers=[provider])
+        except Exception as e:
+            raise ModelError(f"{model.path}: onnxruntime cannot load it ({str(e).splitlines()[0]})") from e
+        self.inputs, self.outputs = model.inputs, model.outputs
+        self._output_names = [o.name for o in model.outputs]
+        self._fail = RuntimeFailure
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            values = self._sess.run(self._output_names, feeds)
+        except Exception as e:
+            raise self._fail(f"onnxruntime failed: {str(e).splitlines()[0]}") from e
+        return dict(zip(self._output_names, values))
+
+
+class OnnxRuntimeEngine(Engine):
+    name = "onnxruntime"
+    formats = frozenset({Format.ONNX})
+    package = "onnxruntime"
+    extra = "onnx"
+    devices = ("cpu", "cuda")
+
+    def open(self, model: Model, *, threads: int | None = None, device: str = "cpu") -> Session:
+        return OnnxRuntimeSession(model, threads, device)

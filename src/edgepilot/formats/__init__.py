@@ -1,0 +1,25 @@
+"""Read a model file of each format into a Model: one module per format, each with `describe(path)`."""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from edgepilot.model import Format, Model
+
+_DESCRIBERS = {
+    Format.ONNX: "edgepilot.formats.onnx",
+    Format.TFLITE: "edgepilot.formats.tflite",
+    Format.KERAS: "edgepilot.formats.keras",
+    Format.SAVEDMODEL: "edgepilot.formats.keras",
+    Format.TORCHSCRIPT: "edgepilot.formats.torch",
+    Format.TORCH_EXPORT: "edgepilot.formats.torch",
+    Format.OPENVINO: "edgepilot.formats.openvino",
+    Format.MNN: "edgepilot.formats.mnn",
+    Format.NCNN: "edgepilot.formats.ncnn",
+    Format.TENSORRT: "edgepilot.formats.tensorrt",
+}
+
+
+def describe(path: Path, fmt: Format) -> Model:
+    module = importlib.import_module(_DESCRIBERS[fmt])
+    return module.describe(path, fmt)
