@@ -1,0 +1,35 @@
+"""The `edgepilot` command: a Typer app with one thin module per command group."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import typer
+
+from edgepilot.errors import EdgepilotError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="edgepilot: take a trained model to a monitored, updatable edge deployment.")
+
+
+def _register() -> None:
+    from edgepilot.cli import bench, demo, doctor, inspect
+
+    for module in (doctor, inspect, bench, demo):
+        module.register(app)
+
+
+def main() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
+    logging.basicConfig(level=os.environ.get("EDGEPILOT_LOG", "WARNING").upper(),
+                        format="%(levelname)s %(name)s: %(message)s")
+    _register()
+    try:
+        app()
+    except EdgepilotError as e:
+        sys.stderr.write(f"error: {e.message}" + (f" (hint: {e.hint})" if e.hint else "") + "\n")
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)

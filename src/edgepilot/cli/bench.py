@@ -1,0 +1,65 @@
+"""`edgepilot bench MODEL`: latency percentiles, throughput, load time and peak memory in a fresh process."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgepilot.errors import ConfigError
+
+
+def parse_shapes(items: list[str]) -> dict[str, list[int]]:
+    """`name=1x3x224x224` pairs to a dict of shapes."""
+    shapes = {}
+    for item in items:
+        name, sep, dims = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            shapes[name] = [int(d) for d in dims.lower().split("x")]
+        except ValueError:
+            raise ConfigError(f"bad --shape {item!r}", hint="write it as NAME=1x3x224x224") from None
+    return shapes
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def bench(
+        model: Path = typer.Argument(..., help="Model file or directory."),
+        engine: str = typer.Option(None, help="Engine to use (default: the first available for the format)."),
+        threads: int = typer.Option(None, min=1, help="Threads for the runtime."),
+        batch: int = typer.Option(1, min=1, help="Batch size of each call."),
+        runs: int = typer.Option(None, min=1, help="Number of timed calls (default 100)."),
+        seconds: float = typer.Option(None, min=0.01, help="Time budget instead of a number of runs."),
+        warmup: int = typer.Option(10, min=0, help="Untimed calls first."),
+        concurrency: int = typer.Option(1, min=1, help="Parallel callers, each with its own session."),
+        device: str = typer.Option("cpu", help="Device: cpu, cuda, gpu ... as the engine supports."),
+        shape: list[str] = typer.Option([], help="Shape for a dynamic input: NAME=1x3x224x224 (repeatable)."),
+        as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    ) -> None:
+        """Measure a model on one engine, in a fresh subprocess so nothing else counts against it."""
+        from edgepilot.evaluate.benchmark import BenchConfig, benchmark
+
+        cfg = BenchConfig(model=str(model), engine=engine, threads=threads, batch=batch, runs=runs,
+                          seconds=seconds, warmup=warmup, concurrency=concurrency, device=device,
+                          shapes=parse_shapes(shape))
+        if as_json:
+            typer.echo(benchmark(cfg).model_dump_json(indent=2))
+            return
+        console = Console(stderr=False)
+        with console.status(f"benchmarking {model.name} ..."):
+            r = benchmark(cfg)
+        lat = r.latency
+        t = Table(title=f"{Path(r.model).name} on {r.engine} {r.engine_version or ''}".strip())
+        for col in ("batch", "runs", "p50 ms", "p90 ms", "p99 ms", "mean ± std ms", "throughput /s",
+                    "load ms", "peak RSS MiB", "outside CPU %"):
+            t.add_column(col, justify="right")
+        t.add_row(str(lat.batch), str(lat.runs), f"{lat.p50_ms:.3f}", f"{lat.p90_ms:.3f}", f"{lat.p99_ms:.3f}",
+                  f"{lat.mean_ms:.3f} ± {lat.std_ms:.3f}", f"{lat.throughput_sps:.1f}", f"{r.load_ms:.1f}",
+                  f"{r.peak_rss_mb:.1f}", f"{r.outside_cpu_load_pct:.1f}")
+        console.print(t)
+        if r.outside_cpu_load_pct > 20:
+            console.print(f"[yellow]note: other processes kept {r.outside_cpu_load_pct:.0f} % of the CPU busy "
+                          "during the run; the figures are noisy[/yellow]")

@@ -1,0 +1,50 @@
+"""`edgepilot doctor`: the host, and every engine with whether it can run here and why not."""
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+
+def doctor_report() -> dict:
+    from edgepilot.engines import all_engines
+    from edgepilot.host import host_info
+
+    engines = []
+    for name, engine in all_engines().items():
+        ok, why = engine.available()
+        engines.append({"name": name, "formats": sorted(f.value for f in engine.formats),
+                        "devices": list(engine.devices), "available": ok,
+                        "version": engine.version() if ok else None, "detail": why})
+    return {"host": host_info().model_dump(), "engines": engines}
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def doctor(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables.")) -> None:
+        """Show this machine (CPU, memory, instruction sets, accelerators) and every engine's availability."""
+        report = doctor_report()
+        if as_json:
+            typer.echo(json.dumps(report, indent=2))
+            return
+        console = Console()
+        h = report["host"]
+        host = Table(title="Host", show_header=False)
+        for k, v in [("OS", h["os"]), ("arch", h["arch"]), ("CPU", h["cpu_model"]),
+                     ("cores", f"{h['physical_cores']} physical, {h['logical_cores']} logical"),
+                     ("RAM", f"{h['ram_bytes'] / 2**30:.1f} GiB"),
+                     ("instruction sets", ", ".join(h["instruction_sets"]) or "none detected"),
+                     ("accelerators", ", ".join(f"{a['name']} ({a['detail']})" for a in h["accelerators"])
+                      or "none detected"),
+                     ("Python", h["python"])]:
+            host.add_row(k, v)
+        console.print(host)
+        table = Table(title="Engines")
+        for col in ("engine", "formats", "available", "detail"):
+            table.add_column(col)
+        for e in report["engines"]:
+            table.add_row(e["name"], ", ".join(e["formats"]),
+                          "[green]yes[/green]" if e["available"] else "[red]no[/red]", e["detail"])
+        console.print(table)

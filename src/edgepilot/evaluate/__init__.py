@@ -1,0 +1,1 @@
+"""Measure models: latency, throughput, memory, accuracy and reports."""

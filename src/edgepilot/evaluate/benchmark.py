@@ -1,0 +1,150 @@
+"""Benchmark one model in a fresh subprocess: load time, latency, throughput, peak RSS, outside CPU load.
+
+Each model runs in its own interpreter so that one runtime's memory and threads never count
+against another's. The parent sends a BenchConfig as JSON and reads a BenchResult back from a file
+(runtimes print to stdout, so stdout is not a safe channel).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import psutil
+from pydantic import BaseModel, Field
+
+from edgepilot.errors import EdgepilotError, RuntimeFailure
+from edgepilot.evaluate.latency import LatencyStats, measure_latency, synthetic_feeds
+from edgepilot.host import host_info
+
+
+class BenchConfig(BaseModel, extra="forbid"):
+    model: str
+    engine: str | None = None
+    threads: int | None = Field(None, ge=1)
+    batch: int = Field(1, ge=1)
+    runs: int | None = Field(None, ge=1)
+    seconds: float | None = Field(None, gt=0)
+    warmup: int = Field(10, ge=0)
+    concurrency: int = Field(1, ge=1)
+    device: str = "cpu"
+    shapes: dict[str, list[int]] = Field(default_factory=dict)  # explicit shapes for dynamic inputs
+
+
+class BenchResult(BaseModel):
+    model: str
+    format: str
+    engine: str
+    engine_version: str | None
+    threads: int | None
+    device: str
+    load_ms: float
+    latency: LatencyStats
+    rss_before_load_mb: float
+    peak_rss_mb: float
+    outside_cpu_load_pct: float  # busy CPU not used by the benchmark, % of all cores, during the timed runs
+    host: str
+    cpu_model: str
+    timestamp: str
+
+
+def benchmark(cfg: BenchConfig, timeout_s: float = 900) -> BenchResult:
+    """Run the benchmark in a fresh `python -m edgepilot.evaluate.benchmark` process."""
+    with tempfile.TemporaryDirectory(prefix="edgepilot-bench-") as tmp:
+        out = Path(tmp) / "result.json"
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-m", "edgepilot.evaluate.benchmark", str(out)],
+                input=cfg.model_dump_json(), capture_output=True, text=True, timeout=timeout_s,
+            )
+        except subprocess.TimeoutExpired as e:
+            raise RuntimeFailure(f"benchmark of {cfg.model} ran past {timeout_s:.0f} s") from e
+        if not out.exists():
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+            raise RuntimeFailure(f"the benchmark process for {cfg.model} died (exit {proc.returncode})",
+                                 hint=" | ".join(tail) or None)
+        payload = json.loads(out.read_text())
+    if "error" in payload:
+        err = EdgepilotError(payload["error"], payload.get("hint"))
+        err.__class__ = _ERRORS.get(payload.get("kind"), EdgepilotError)
+        raise err
+    return BenchResult.model_validate(payload)
+
+
+def run_in_process(cfg: BenchConfig) -> BenchResult:
+    """The measurement itself; called inside the fresh subprocess."""
+    from edgepilot.engines import engine_for
+    from edgepilot.model import Model
+
+    me = psutil.Process()
+    rss_before = me.memory_info().rss
+    model = Model.load(cfg.model)
+    engine_cls = engine_for(model, cfg.engine)
+    engine = engine_cls()
+    t0 = time.perf_counter()
+    first = engine.open(model, threads=cfg.threads, device=cfg.device)
+    load_ms = (time.perf_counter() - t0) * 1e3
+    feeds = synthetic_feeds(first.inputs, cfg.batch, {k: tuple(v) for k, v in cfg.shapes.items()})
+    pending = [first]
+
+    def factory():
+        return pending.pop() if pending else engine.open(model, threads=cfg.threads, device=cfg.device)
+
+    cpu0, self0, wall0 = psutil.cpu_times(), me.cpu_times(), time.perf_counter()
+    stats = measure_latency(factory, feeds, batch=cfg.batch, warmup=cfg.warmup, runs=cfg.runs,
+                            seconds=cfg.seconds, concurrency=cfg.concurrency)
+    cpu1, self1, wall = psutil.cpu_times(), me.cpu_times(), time.perf_counter() - wall0
+    busy = _busy(cpu1) - _busy(cpu0)
+    mine = (self1.user + self1.system) - (self0.user + self0.system)
+    outside = max(0.0, busy - mine) / (wall * (psutil.cpu_count() or 1)) * 100 if wall > 0 else 0.0
+    host = host_info()
+    return BenchResult(
+        model=str(model.path), format=model.format.value, engine=engine_cls.name,
+        engine_version=engine_cls.version(), threads=cfg.threads, device=cfg.device, load_ms=load_ms,
+        latency=stats, rss_before_load_mb=rss_before / 2**20, peak_rss_mb=_peak_rss() / 2**20,
+        outside_cpu_load_pct=round(outside, 2), host=host.hostname, cpu_model=host.cpu_model,
+        timestamp=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+def _busy(t) -> float:
+    return t.user + t.system + getattr(t, "nice", 0) + getattr(t, "irq", 0) + getattr(t, "softirq", 0)
+
+
+def _peak_rss() -> int:
+    """The process's high-water mark of resident memory (VmHWM), or the current RSS where unknown."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return psutil.Process().memory_info().rss
+
+
+def _error_kinds() -> dict[str, type[EdgepilotError]]:
+    from edgepilot import errors
+
+    return {c.__name__: c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, EdgepilotError)}
+
+
+_ERRORS = _error_kinds()
+
+
+def _main(out_path: str) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    try:
+        result = run_in_process(BenchConfig.model_validate_json(sys.stdin.read())).model_dump()
+    except EdgepilotError as e:
+        result = {"error": e.message, "hint": e.hint, "kind": type(e).__name__}
+    Path(out_path).write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1]))
