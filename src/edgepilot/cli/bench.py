@@ -35,7 +35,7 @@ def register(app: typer.Typer) -> None:
         seconds: float = typer.Option(None, min=0.01, help="Time budget instead of a number of runs."),
         warmup: int = typer.Option(10, min=0, help="Untimed calls first."),
         concurrency: int = typer.Option(1, min=1, help="Parallel callers, each with its own session."),
-        device: str = typer.Option("cpu", help="Device: cpu, cuda, gpu ... as the engine supports."),
+        device: str = typer.Option(None, help="Device: cpu, cuda, gpu ... (default: the engine's first)."),
         shape: list[str] = typer.Option([], help="Shape for a dynamic input: NAME=1x3x224x224 (repeatable)."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:

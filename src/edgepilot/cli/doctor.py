@@ -25,7 +25,10 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def doctor(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables.")) -> None:
         """Show this machine (CPU, memory, instruction sets, accelerators) and every engine's availability."""
-        report = doctor_report()
+        from edgepilot.cli import native_stdout_to_stderr
+
+        with native_stdout_to_stderr():
+            report = doctor_report()
         if as_json:
             typer.echo(json.dumps(report, indent=2))
             return

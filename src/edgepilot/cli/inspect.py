@@ -16,7 +16,10 @@ def register(app: typer.Typer) -> None:
         """Describe a model file: detected format, IO specs (with quantisation), params, size, MACs."""
         from edgepilot.model import Model
 
-        m = Model.load(model)
+        from edgepilot.cli import native_stdout_to_stderr
+
+        with native_stdout_to_stderr():
+            m = Model.load(model)
         if as_json:
             typer.echo(json.dumps(m.to_dict(), indent=2))
             return

@@ -64,5 +64,7 @@ def engine_for(model: Model, name: str | None = None) -> type[Engine]:
 
 
 def open_session(model: Model, engine: str | None = None, *, threads: int | None = None,
-                 device: str = "cpu") -> Session:
-    return engine_for(model, engine)().open(model, threads=threads, device=device)
+                 device: str | None = None) -> Session:
+    """Open `model` on the named (or first available) engine, on its first device unless one is named."""
+    cls = engine_for(model, engine)
+    return cls().open(model, threads=threads, device=device or cls.devices[0])

@@ -32,7 +32,7 @@ class BenchConfig(BaseModel, extra="forbid"):
     seconds: float | None = Field(None, gt=0)
     warmup: int = Field(10, ge=0)
     concurrency: int = Field(1, ge=1)
-    device: str = "cpu"
+    device: str | None = None  # default: the engine's first device
     shapes: dict[str, list[int]] = Field(default_factory=dict)  # explicit shapes for dynamic inputs
 
 
@@ -86,14 +86,15 @@ def run_in_process(cfg: BenchConfig) -> BenchResult:
     model = Model.load(cfg.model)
     engine_cls = engine_for(model, cfg.engine)
     engine = engine_cls()
+    device = cfg.device or engine_cls.devices[0]
     t0 = time.perf_counter()
-    first = engine.open(model, threads=cfg.threads, device=cfg.device)
+    first = engine.open(model, threads=cfg.threads, device=device)
     load_ms = (time.perf_counter() - t0) * 1e3
     feeds = synthetic_feeds(first.inputs, cfg.batch, {k: tuple(v) for k, v in cfg.shapes.items()})
     pending = [first]
 
     def factory():
-        return pending.pop() if pending else engine.open(model, threads=cfg.threads, device=cfg.device)
+        return pending.pop() if pending else engine.open(model, threads=cfg.threads, device=device)
 
     cpu0, self0, wall0 = psutil.cpu_times(), me.cpu_times(), time.perf_counter()
     stats = measure_latency(factory, feeds, batch=cfg.batch, warmup=cfg.warmup, runs=cfg.runs,
@@ -105,7 +106,7 @@ def run_in_process(cfg: BenchConfig) -> BenchResult:
     host = host_info()
     return BenchResult(
         model=str(model.path), format=model.format.value, engine=engine_cls.name,
-        engine_version=engine_cls.version(), threads=cfg.threads, device=cfg.device, load_ms=load_ms,
+        engine_version=engine_cls.version(), threads=cfg.threads, device=device, load_ms=load_ms,
         latency=stats, rss_before_load_mb=rss_before / 2**20, peak_rss_mb=_peak_rss() / 2**20,
         outside_cpu_load_pct=round(outside, 2), host=host.hostname, cpu_model=host.cpu_model,
         timestamp=datetime.now(timezone.utc).isoformat(timespec="seconds"),
