@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -24,7 +25,7 @@ def register(app: typer.Typer) -> None:
             typer.echo(json.dumps(m.to_dict(), indent=2))
             return
         console = Console()
-        console.print(f"[bold]{m.path}[/bold]  format: {m.format.value}  size: {m.size_bytes / 1024:.1f} KiB"
+        console.print(f"[bold]{escape(str(m.path))}[/bold]  format: {m.format.value}  size: {m.size_bytes / 1024:.1f} KiB"
                       f"  params: {_count(m.params)}  MACs/sample: {_count(m.macs)}")
         for title, specs in (("inputs", m.inputs), ("outputs", m.outputs)):
             t = Table(title=title)
@@ -34,7 +35,7 @@ def register(app: typer.Typer) -> None:
                 q = s.quantization
                 qs = "" if q is None else (f"scale={q.scale[0]:.6g} zero_point={q.zero_point[0]}" if q.per_tensor
                                            else f"per-channel ({len(q.scale)}) axis {q.axis}")
-                t.add_row(s.name, s.dtype, s.shape_str(), qs)
+                t.add_row(escape(s.name), s.dtype, escape(s.shape_str()), qs)  # shapes look like markup
             console.print(t)
 
 
