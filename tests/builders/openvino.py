@@ -1,15 +1,15 @@
-"""OpenVINO IR (fp32) converted from the ONNX builder's model."""
+"""OpenVINO IR (fp32) converted from the ONNX builder's model with the to-openvino pass."""
 from pathlib import Path
 
 from builders import Built, sample, torch_reference
 from builders.onnx import export_onnx
+from edgepilot.model import Model
+from edgepilot.passes import PassContext, get_pass
 
 
 def build(kind: str, workdir: Path) -> Built:
-    import openvino as ov
-
     onnx_path = export_onnx(kind, workdir / f"{kind}-src.onnx")
-    xml = workdir / f"{kind}.xml"
-    ov.save_model(ov.convert_model(str(onnx_path)), str(xml), compress_to_fp16=False)
+    p = get_pass("to-openvino")
+    m = p.run(Model.load(onnx_path), p.options(precision="fp32"), PassContext(workdir))
     x = sample(kind)
-    return Built(xml, [x], [torch_reference(kind, x)], files=[xml, xml.with_suffix(".bin")])
+    return Built(m.path, [x], [torch_reference(kind, x)], files=m.files)

@@ -1,25 +1,22 @@
-"""TFLite float32 from the Keras reference, and a full-int8 variant for the quantised-IO tests."""
+"""TFLite float32 from the Keras reference, and a full-int8 variant, with the keras-to-tflite pass."""
 from pathlib import Path
 
 import numpy as np
 
 from builders import Built, keras_model, sample
+from edgepilot.model import Model
+from edgepilot.passes import PassContext, get_pass
 
 
 def convert(kind: str, path: Path, int8: bool = False) -> Path:
-    import tensorflow as tf
-
-    conv = tf.lite.TFLiteConverter.from_keras_model(keras_model(kind))
-    if int8:
-        rng = np.random.default_rng(1)
-        shape = (1, 64) if kind == "mlp" else (1, 32, 32, 3)
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        conv.representative_dataset = lambda: ([rng.standard_normal(shape).astype(np.float32)] for _ in range(32))
-        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        conv.inference_input_type = tf.int8
-        conv.inference_output_type = tf.int8
-    path.write_bytes(conv.convert())
-    return path
+    src = path.with_name(path.stem + "-src.keras")
+    keras_model(kind).save(src)
+    shape = (64,) if kind == "mlp" else (32, 32, 3)
+    calibration = {"input": np.random.default_rng(1).standard_normal((32, *shape)).astype(np.float32)}
+    p = get_pass("keras-to-tflite")
+    ctx = PassContext(path.parent, calibration=calibration)
+    out = p.run(Model.load(src), p.options(precision="int8" if int8 else "float32"), ctx).path
+    return out.rename(path)
 
 
 def build(kind: str, workdir: Path) -> Built:

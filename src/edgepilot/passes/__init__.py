@@ -1,0 +1,37 @@
+"""The pass registry: every conversion and optimisation step edgepilot can apply."""
+from __future__ import annotations
+
+import importlib
+from functools import cache
+
+from edgepilot.errors import ConfigError
+from edgepilot.passes.base import Pass, PassContext
+
+# A new pass is one line here and one module beside this file.
+_REGISTRY = (
+    "edgepilot.passes.keras_to_tflite:KerasToTFLite",
+    "edgepilot.passes.keras_to_onnx:KerasToOnnx",
+    "edgepilot.passes.torch_to_onnx:TorchToOnnx",
+    "edgepilot.passes.onnx_to_openvino:OnnxToOpenVINO",
+    "edgepilot.passes.onnx_to_mnn:OnnxToMNN",
+    "edgepilot.passes.onnx_to_ncnn:OnnxToNcnn",
+)
+
+__all__ = ["Pass", "PassContext", "all_passes", "get_pass"]
+
+
+@cache
+def all_passes() -> dict[str, type[Pass]]:
+    passes = {}
+    for entry in _REGISTRY:
+        module, cls = entry.split(":")
+        p = getattr(importlib.import_module(module), cls)
+        passes[p.name] = p
+    return passes
+
+
+def get_pass(name: str) -> Pass:
+    try:
+        return all_passes()[name]()
+    except KeyError:
+        raise ConfigError(f"unknown pass {name!r}", hint=f"choose one of {', '.join(all_passes())}") from None
