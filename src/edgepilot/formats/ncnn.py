@@ -95,7 +95,9 @@ def _layer(line: str, no: int) -> Layer:
             k = int(key)
             if not sep:
                 raise ValueError
-            if k <= _ARRAY_KEY:
+            if value.startswith('"') and value.endswith('"') and len(value) >= 2:
+                layer.params[k] = value[1:-1]  # a string parameter, e.g. pnnx's shape expressions for Reshape
+            elif k <= _ARRAY_KEY:
                 n, *values = value.split(",")
                 if int(n) != len(values):
                     raise ValueError

@@ -35,9 +35,9 @@ class OnnxToNcnn(Pass):
         if len(model.inputs) != 1:
             raise InputError("ONNX → ncnn supports single-input models here")
         shape = model.inputs[0].concrete_shape(1)
-        stem = ctx.workdir / f"model_{options.precision}"
+        stem = ctx.workdir.resolve() / f"model_{options.precision}"  # pnnx runs in workdir: absolute paths
         # The binary directly: pnnx.convert() ignores its exit status and then runs the Python it generated.
-        argv = [pnnx.EXEC_PATH, str(model.path), "inputshape=[" + ",".join(map(str, shape)) + "]",
+        argv = [pnnx.EXEC_PATH, str(model.path.resolve()), "inputshape=[" + ",".join(map(str, shape)) + "]",
                 f"fp16={int(options.precision == 'fp16')}", *(f"{k}={stem}{suffix}" for k, suffix in _OUTPUTS.items())]
         done = subprocess.run(argv, cwd=ctx.workdir, check=False, capture_output=True, text=True, timeout=600)
         param = stem.with_suffix(".param")
