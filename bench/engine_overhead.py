@@ -20,7 +20,6 @@ sys.path.insert(0, str(ROOT / "tests"))  # the tiny reference models the tests u
 from builders import sample  # noqa: E402
 from builders.onnx import export_onnx  # noqa: E402
 from builders.tflite import convert  # noqa: E402
-
 from edgepilot.engines import open_session  # noqa: E402
 from edgepilot.host import host_info  # noqa: E402
 from edgepilot.model import Model  # noqa: E402
@@ -47,7 +46,8 @@ def compare(raw, wrapped) -> dict:
     overhead = e - r
     limit = max(0.03 * r, 30.0)
     return {"raw_us": round(r, 2), "edgepilot_us": round(e, 2), "overhead_us": round(overhead, 2),
-            "overhead_pct": round(overhead / r * 100, 2), "limit_us": round(limit, 2), "within_target": overhead <= limit}
+            "overhead_pct": round(overhead / r * 100, 2), "limit_us": round(limit, 2),
+            "within_target": overhead <= limit}
 
 
 def main() -> None:

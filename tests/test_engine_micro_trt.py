@@ -175,7 +175,8 @@ class _FakeCuda:
         self.cudaMemcpyKind = types.SimpleNamespace(cudaMemcpyHostToDevice=1, cudaMemcpyDeviceToHost=2)
 
     def cudaGetErrorName(self, err): return _Err.cudaSuccess, _Err(err).name.encode()
-    def cudaGetDeviceCount(self): return (_Err.cudaSuccess, self.devices) if self.devices else (_Err.cudaErrorNoDevice, 0)
+    def cudaGetDeviceCount(self):
+        return (_Err.cudaSuccess, self.devices) if self.devices else (_Err.cudaErrorNoDevice, 0)
     def cudaSetDevice(self, i): return (_Err.cudaSuccess,) if i < self.devices else (_Err.cudaErrorNoDevice,)
     def cudaStreamCreate(self): return _Err.cudaSuccess, 7
     def cudaStreamDestroy(self, s): return (_Err.cudaSuccess,)

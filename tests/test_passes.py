@@ -77,14 +77,16 @@ def test_torch_to_onnx(tmp_path, kind):
     if kind == "export":
         path = tmp_path / "m.pt2"
         batch = torch.export.Dim("batch")
-        torch.export.save(torch.export.export(m, (torch.from_numpy(sample("cnn")),), dynamic_shapes=({0: batch},)), path)
+        program = torch.export.export(m, (torch.from_numpy(sample("cnn")),), dynamic_shapes=({0: batch},))
+        torch.export.save(program, path)
     else:
         path = tmp_path / "m.pt"
         torch.jit.save(torch.jit.trace(m, torch.from_numpy(x)), path)
         p = get_pass("torch-to-onnx")
         with pytest.raises(InputError, match="not recorded"):
             p.run(Model.load(path), p.options(), PassContext(tmp_path))
-    out = run_pass("torch-to-onnx", Model.load(path), tmp_path, input_shape=[1, 3, 32, 32] if kind != "export" else None)
+    shape = [1, 3, 32, 32] if kind == "torchscript" else None  # TorchScript records no shapes
+    out = run_pass("torch-to-onnx", Model.load(path), tmp_path, input_shape=shape)
     xb = sample("cnn", batch=4)
     np.testing.assert_allclose(infer(out, xb), torch_reference("cnn", xb), atol=1e-4)
 

@@ -15,9 +15,8 @@ def register(app: typer.Typer) -> None:
     def inspect(model: Path = typer.Argument(..., help="Model file or SavedModel directory."),
                 as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
         """Describe a model file: detected format, IO specs (with quantisation), params, size, MACs."""
-        from edgepilot.model import Model
-
         from edgepilot.cli import native_stdout_to_stderr
+        from edgepilot.model import Model
 
         with native_stdout_to_stderr():
             m = Model.load(model)
@@ -25,8 +24,8 @@ def register(app: typer.Typer) -> None:
             typer.echo(json.dumps(m.to_dict(), indent=2))
             return
         console = Console()
-        console.print(f"[bold]{escape(str(m.path))}[/bold]  format: {m.format.value}  size: {m.size_bytes / 1024:.1f} KiB"
-                      f"  params: {_count(m.params)}  MACs/sample: {_count(m.macs)}")
+        console.print(f"[bold]{escape(str(m.path))}[/bold]  format: {m.format.value}  "
+                      f"size: {m.size_bytes / 1024:.1f} KiB  params: {_count(m.params)}  MACs/sample: {_count(m.macs)}")
         for title, specs in (("inputs", m.inputs), ("outputs", m.outputs)):
             t = Table(title=title)
             for col in ("name", "dtype", "shape", "quantisation"):

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepilot.optional import require
 from edgepilot.errors import ModelError
 from edgepilot.model import Format, Model, TensorSpec
+from edgepilot.optional import require
 
 
 def describe(path: Path, fmt: Format = Format.ONNX) -> Model:
