@@ -15,9 +15,9 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
 
 
 def _register() -> None:
-    from edgepilot.cli import bench, demo, doctor, inspect
+    from edgepilot.cli import bench, demo, doctor, inspect, optimize
 
-    for module in (doctor, inspect, bench, demo):
+    for module in (doctor, inspect, bench, optimize, demo):
         module.register(app)
 
 

@@ -1,0 +1,69 @@
+"""`edgepilot optimize MODEL --data DATA`: every variant, measured the same way, in one report."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def optimize(
+        model: Path = typer.Argument(..., help="Keras, SavedModel, TorchScript/torch.export, ONNX or TFLite model."),
+        data: str = typer.Option(..., help="Dataset: .npz (x, y), .csv, an image folder, or digits / mnist."),
+        formats: str = typer.Option(None, help="Comma-separated families (default: all): "
+                                    "tflite, micro, onnx, openvino, mnn, ncnn, tensorrt."),
+        out: Path = typer.Option(Path("workspace/optimize"), help="Output folder."),
+        calibration_samples: int = typer.Option(200, min=1, help="Representative samples for calibration."),
+        eval_samples: int = typer.Option(1000, min=1, help="Samples for accuracy and agreement."),
+        max_accuracy_drop: float = typer.Option(0.01, min=0, help="Top-1 drop vs the reference that fails a variant."),
+        seconds: float = typer.Option(2.0, min=0.1, help="Latency time budget per variant."),
+        threads: int = typer.Option(None, min=1, help="Runtime threads."),
+    ) -> None:
+        """Convert MODEL into every deployable variant, measure each, and write lineage.json and report.md/json."""
+        from edgepilot.cli import native_stdout_to_stderr
+        from edgepilot.evaluate.datasets import fit_to_input, load_dataset
+        from edgepilot.evaluate.report import build_report, evaluate_variants, write_report
+        from edgepilot.model import Model
+        from edgepilot.optimize import plan, run_plan
+
+        source = Model.load(model)
+        ds = load_dataset(data)
+        fit_to_input(ds.subset(1), source.inputs[0])  # data that does not fit the model stops here, clearly
+        steps = plan(source, [f.strip() for f in formats.split(",")] if formats else None)
+        out.mkdir(parents=True, exist_ok=True)
+        console = Console(width=max(Console().width, 100))
+        with Progress(console=console, transient=True) as progress, native_stdout_to_stderr():
+            variants, records = run_plan(source, steps, out, ds.subset(calibration_samples), progress)
+            results, reference = evaluate_variants(variants, ds.subset(eval_samples, seed=1), seconds=seconds,
+                                                   threads=threads, progress=progress)
+        ref = next((r for r in results if r.variant == reference), None)
+        for r in results:
+            if ref and ref.top1 is not None and r.top1 is not None and ref.top1 - r.top1 > max_accuracy_drop:
+                r.flags.append(f"fails the accuracy gate: top-1 {ref.top1 - r.top1:.4f} below the reference "
+                               f"(allowed {max_accuracy_drop})")
+        report = build_report(source, ds, results, reference)
+        write_report(report, out)
+        t = Table(title=f"{model.name}: {len(results)} variants (reference {reference})")
+        for col in ("variant", "engine", "KiB", "top-1", "agree", "p50 ms", "p99 ms", "peak MiB"):
+            t.add_column(col, justify="left" if col in ("variant", "engine") else "right", no_wrap=True)
+        for r in results:
+            lat, a = r.latency, r.agreement
+            t.add_row(r.variant, r.engine or "-", f"{r.size_bytes / 1024:.1f}", _f(r.top1, ".4f"),
+                      _f(a and a.top1_agreement, ".4f"), _f(lat and lat.p50_ms, ".3f"), _f(lat and lat.p99_ms, ".3f"),
+                      _f(r.peak_rss_mb, ".0f"))
+        console.print(t)
+        for rec in records:
+            if rec.status != "ok":
+                console.print(f"[yellow]{rec.variant}: {rec.status}: {rec.reason}[/yellow]", soft_wrap=True)
+        for r in results:
+            for note in r.flags + ([r.error] if r.error else []):
+                console.print(f"[yellow]{r.variant}: {note}[/yellow]", soft_wrap=True)
+        console.print(f"report: {out / 'report.md'}  lineage: {out / 'lineage.json'}")
+
+
+def _f(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)

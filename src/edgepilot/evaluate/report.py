@@ -1,0 +1,122 @@
+"""Measure every variant the same way and write report.json + report.md."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel
+
+from edgepilot.engines import all_engines, open_session
+from edgepilot.errors import EdgepilotError
+from edgepilot.evaluate.accuracy import Agreement, agreement, predict, topk_accuracy
+from edgepilot.evaluate.benchmark import BenchConfig, benchmark
+from edgepilot.evaluate.datasets import Dataset, fit_to_input
+from edgepilot.evaluate.latency import LatencyStats
+from edgepilot.host import host_info
+from edgepilot.model import Model
+
+log = logging.getLogger(__name__)
+REFERENCES = ("onnx-fp32", "tflite-fp32", "openvino-fp32")  # float32 variants a reference can come from
+
+
+class VariantResult(BaseModel):
+    variant: str
+    format: str
+    engine: str | None = None
+    size_bytes: int = 0
+    top1: float | None = None
+    top5: float | None = None
+    agreement: Agreement | None = None
+    latency: LatencyStats | None = None
+    load_ms: float | None = None
+    peak_rss_mb: float | None = None
+    error: str | None = None
+    flags: list[str] = []
+
+
+class Report(BaseModel):
+    source: str
+    dataset: str
+    samples: int
+    reference: str | None
+    host: str
+    cpu: str
+    variants: list[VariantResult]
+
+
+def evaluate_variants(variants: dict[str, Model], ds: Dataset, *, seconds: float = 2.0,
+                      threads: int | None = None, progress=None) -> tuple[list[VariantResult], str | None]:
+    """Accuracy and agreement in this process on `ds`; latency and memory in a fresh subprocess each."""
+    engines = {n: e for n, e in all_engines().items() if e.available()[0]}
+    outputs: dict[str, np.ndarray] = {}
+    results = []
+    task = progress.add_task("evaluating", total=len(variants)) if progress else None
+    for vid, model in variants.items():
+        if progress:
+            progress.update(task, description=f"evaluating {vid}")
+        engine = next((n for n, e in engines.items() if model.format in e.formats), None)
+        r = VariantResult(variant=vid, format=model.format.value, engine=engine, size_bytes=model.size_bytes)
+        if engine is None:
+            r.error = f"no engine here runs {model.format.value}"
+        else:
+            try:
+                with open_session(model, engine, threads=threads) as s:
+                    outputs[vid] = predict(s, fit_to_input(ds, s.inputs[0]))
+                if ds.y is not None:
+                    r.top1 = topk_accuracy(outputs[vid], ds.y, 1)
+                    r.top5 = topk_accuracy(outputs[vid], ds.y, 5)
+                b = benchmark(BenchConfig(model=str(model.path), engine=engine, threads=threads, seconds=seconds))
+                r.latency, r.load_ms, r.peak_rss_mb = b.latency, b.load_ms, b.peak_rss_mb
+            except EdgepilotError as e:
+                r.error = str(e)
+        results.append(r)
+        if progress:
+            progress.advance(task)
+    reference = next((v for v in REFERENCES if v in outputs), None)
+    for r in results:
+        if reference and r.variant in outputs:
+            r.agreement = agreement(outputs[r.variant], outputs[reference])
+    _flag_slow_int8(results)
+    return results, reference
+
+
+def _flag_slow_int8(results: list[VariantResult]) -> None:
+    """int8 is not faster on every CPU (this one has no VNNI): say so with the measured ratio."""
+    fp32 = {r.format: r for r in results if r.variant.endswith("fp32") and r.latency}
+    for r in results:
+        base = fp32.get(r.format)
+        if "int8" in r.variant and r.latency and base and r.latency.p50_ms > base.latency.p50_ms:
+            r.flags.append(f"int8 slower than fp32 here: {r.latency.p50_ms / base.latency.p50_ms:.2f}x the p50 of "
+                           f"{base.variant}")
+
+
+def build_report(source: Model, ds: Dataset, results: list[VariantResult], reference: str | None) -> Report:
+    host = host_info()
+    return Report(source=str(source.path), dataset=ds.name, samples=len(ds), reference=reference,
+                  host=host.hostname, cpu=f"{host.cpu_model}, {host.logical_cores} cores, "
+                  f"{', '.join(host.instruction_sets) or 'no SIMD flags read'}", variants=results)
+
+
+def _f(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def write_report(report: Report, out: Path) -> None:
+    (out / "report.json").write_text(report.model_dump_json(indent=2))
+    lines = [f"# edgepilot report: {Path(report.source).name}", "",
+             f"Dataset: {report.dataset} ({report.samples} samples). Reference for agreement: "
+             f"{report.reference or 'none'}. Measured on {report.host} ({report.cpu}); batch 1.", "",
+             "| variant | engine | size KiB | top-1 | top-5 | agree top-1 | max abs err | cosine | p50 ms | p90 ms "
+             "| p99 ms | samples/s | peak RSS MiB | note |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in report.variants:
+        a, lat = r.agreement, r.latency
+        note = "; ".join(r.flags + ([r.error] if r.error else []))
+        lines.append(
+            f"| {r.variant} | {r.engine or '-'} | {r.size_bytes / 1024:.1f} "
+            f"| {_f(r.top1, '.4f')} | {_f(r.top5, '.4f')} "
+            f"| {_f(a and a.top1_agreement, '.4f')} | {_f(a and a.max_abs_error, '.3g')} | {_f(a and a.cosine, '.5f')} "
+            f"| {_f(lat and lat.p50_ms, '.3f')} | {_f(lat and lat.p90_ms, '.3f')} | {_f(lat and lat.p99_ms, '.3f')} "
+            f"| {_f(lat and lat.throughput_sps, '.0f')} | {_f(r.peak_rss_mb, '.0f')} | {note} |")
+    (out / "report.md").write_text("\n".join(lines) + "\n")

@@ -1,0 +1,191 @@
+"""Plan the passes for the requested formats, run them, and record the lineage of every variant.
+
+A failed pass is recorded with its reason and the plan goes on; variants built from it are
+recorded as skipped.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from rich.progress import Progress
+
+from edgepilot.errors import EdgepilotError
+from edgepilot.evaluate.datasets import Dataset
+from edgepilot.model import Format, Model
+from edgepilot.passes import PassContext, all_passes
+
+log = logging.getLogger(__name__)
+SOURCE = "source"
+
+# (variant, pass, options, built from, format family). Order matters: sources come first.
+STEPS: list[tuple[str, str, dict[str, Any], str, str]] = [
+    ("tflite-fp32", "keras-to-tflite", {"precision": "float32"}, SOURCE, "tflite"),
+    ("tflite-dynamic", "keras-to-tflite", {"precision": "dynamic"}, SOURCE, "tflite"),
+    ("tflite-fp16", "keras-to-tflite", {"precision": "float16"}, SOURCE, "tflite"),
+    ("tflite-int8", "keras-to-tflite", {"precision": "int8"}, SOURCE, "tflite"),
+    ("micro-int8", "tflite-to-micro", {}, "tflite-int8", "micro"),
+    ("onnx-fp32", "keras-to-onnx", {}, SOURCE, "onnx"),
+    ("onnx-fp32", "torch-to-onnx", {}, SOURCE, "onnx"),
+    ("onnx-fp16", "onnx-fp16", {}, "onnx-fp32", "onnx"),
+    ("onnx-int8-dynamic", "onnx-quantize-dynamic", {}, "onnx-fp32", "onnx"),
+    ("onnx-int8-static", "onnx-quantize-static", {}, "onnx-fp32", "onnx"),
+    ("openvino-fp32", "to-openvino", {"precision": "fp32"}, "onnx-fp32", "openvino"),
+    ("openvino-fp16", "to-openvino", {"precision": "fp16"}, "onnx-fp32", "openvino"),
+    ("openvino-int8", "openvino-nncf-int8", {}, "onnx-fp32", "openvino"),
+    ("mnn-fp32", "onnx-to-mnn", {"precision": "fp32"}, "onnx-fp32", "mnn"),
+    ("mnn-fp16", "onnx-to-mnn", {"precision": "fp16"}, "onnx-fp32", "mnn"),
+    ("mnn-int8-weights", "onnx-to-mnn", {"precision": "int8-weights"}, "onnx-fp32", "mnn"),
+    ("ncnn-fp32", "onnx-to-ncnn", {"precision": "fp32"}, "onnx-fp32", "ncnn"),
+    ("ncnn-fp16", "onnx-to-ncnn", {"precision": "fp16"}, "onnx-fp32", "ncnn"),
+    ("tensorrt-fp16", "onnx-to-tensorrt", {"precision": "fp16"}, "onnx-fp32", "tensorrt"),
+]
+FAMILIES = sorted({s[4] for s in STEPS})
+# A source model of these formats is already the variant of that name.
+_SOURCE_IS = {Format.ONNX: "onnx-fp32", Format.TFLITE: "tflite-fp32"}
+
+
+@dataclass
+class Step:
+    variant: str
+    pass_name: str
+    options: dict[str, Any]
+    source: str
+
+
+@dataclass
+class Record:
+    """One line of lineage.json."""
+
+    variant: str
+    status: str  # "ok", "failed", "skipped"
+    pass_name: str | None = None
+    source: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    reason: str | None = None
+    files: list[str] = field(default_factory=list)
+    seconds: float | None = None
+    tools: dict[str, str] = field(default_factory=dict)
+    calibration_sha256: str | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+def plan(model: Model, families: list[str] | None = None) -> list[Step]:
+    """The steps that build the requested families from `model`, each from a source the plan provides."""
+    wanted = set(families or FAMILIES)
+    unknown = wanted - set(FAMILIES)
+    if unknown:
+        raise EdgepilotError(f"unknown format {sorted(unknown)[0]!r}", hint=f"choose from {', '.join(FAMILIES)}")
+    registered = all_passes()
+    have = {SOURCE} | ({_SOURCE_IS[model.format]} if model.format in _SOURCE_IS else set())
+    steps: list[Step] = []
+    for variant, pass_name, options, source, _ in STEPS:
+        p = registered.get(pass_name)
+        unusable = p is None or (source == SOURCE and model.format not in p.consumes)
+        if variant in have or source not in have or unusable:
+            continue
+        steps.append(Step(variant, pass_name, options, source))
+        have.add(variant)
+    needed = _needed(steps, wanted)
+    return [s for s in steps if s.variant in needed]
+
+
+def _needed(steps: list[Step], wanted: set[str]) -> set[str]:
+    family = {v: f for v, _, _, _, f in STEPS}
+    needed = {s.variant for s in steps if family[s.variant] in wanted}
+    by_variant = {s.variant: s for s in steps}
+    frontier = list(needed)
+    while frontier:  # keep the intermediate variants the wanted ones are built from
+        src = by_variant[frontier.pop()].source
+        if src in by_variant and src not in needed:
+            needed.add(src)
+            frontier.append(src)
+    return needed
+
+
+def run_plan(model: Model, steps: list[Step], out: Path, calibration: Dataset | None = None,
+             progress: Progress | None = None) -> tuple[dict[str, Model], list[Record]]:
+    """Run every step; write out/variants/<id>/ and out/lineage.json. Never raises for one failed pass."""
+    variants: dict[str, Model] = {SOURCE: model}
+    records: list[Record] = []
+    if model.format in _SOURCE_IS:
+        variants[_SOURCE_IS[model.format]] = _copy_source(model, out / "variants" / _SOURCE_IS[model.format])
+        records.append(Record(_SOURCE_IS[model.format], "ok", source=SOURCE, reason="the source model itself",
+                              files=[str(f) for f in variants[_SOURCE_IS[model.format]].files]))
+    task = progress.add_task("optimizing", total=len(steps)) if progress else None
+    registered = all_passes()
+    for step in steps:
+        if progress:
+            progress.update(task, description=f"{step.variant} ({step.pass_name})")
+        p = registered[step.pass_name]()
+        rec = Record(step.variant, "ok", step.pass_name, step.source, step.options, tools=_tools(p))
+        src = variants.get(step.source)
+        ctx = PassContext(out / "variants" / step.variant)
+        t0 = time.perf_counter()
+        try:
+            if src is None:
+                raise _Skip(f"its source {step.source} was not built")
+            if calibration is not None:
+                ctx.calibration = {src.inputs[0].name: _calibration_for(calibration, src)}
+            reasons = p.why_not(src, ctx)
+            if reasons:
+                raise _Skip("; ".join(reasons))
+            result = p.run(src, p.options(**step.options), ctx)
+            variants[step.variant] = result
+            rec.files = [str(f) for f in result.files]
+            if calibration is not None and "calibration_samples" in ctx.notes:  # set by passes that calibrate
+                rec.calibration_sha256 = calibration.fingerprint()
+            rec.notes = ctx.notes
+        except _Skip as e:
+            rec.status, rec.reason = "skipped", str(e)
+        except EdgepilotError as e:
+            rec.status, rec.reason = "failed", str(e)
+        except Exception as e:  # a converter's own bug must not stop the other variants
+            log.exception("pass %s crashed", step.pass_name)
+            rec.status, rec.reason = "failed", f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e) else ''}"
+        rec.seconds = round(time.perf_counter() - t0, 3)
+        records.append(rec)
+        if progress:
+            progress.advance(task)
+    (out / "lineage.json").write_text(json.dumps({
+        "source": {"path": str(model.path), "format": model.format.value},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "variants": [r.__dict__ for r in records]}, indent=2, default=str))
+    variants.pop(SOURCE)
+    return variants, records
+
+
+class _Skip(Exception):
+    pass
+
+
+def _calibration_for(ds: Dataset, model: Model):
+    from edgepilot.evaluate.datasets import fit_to_input
+
+    return fit_to_input(ds, model.inputs[0])
+
+
+def _copy_source(model: Model, dest: Path) -> Model:
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in model.files:
+        shutil.copy2(f, dest / f.name)
+    return Model.load(dest / model.path.name)
+
+
+def _tools(p) -> dict[str, str]:
+    tools = {}
+    for module in p.requires:
+        dist = {"tensorflow": "tensorflow-cpu", "_tools": "MNN", "MNN": "MNN", "cv2": "opencv-python-headless"}.get(
+            module, module)
+        try:
+            tools[dist] = version(dist)
+        except PackageNotFoundError:
+            continue
+    return tools

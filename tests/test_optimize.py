@@ -1,0 +1,117 @@
+"""The optimize flow: plan by source format, run with failures recorded, measure, report, lineage."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from builders import sample
+from builders.onnx import export_onnx
+from edgepilot.errors import EdgepilotError
+from edgepilot.evaluate.datasets import Dataset
+from edgepilot.model import Model
+from edgepilot.optimize import plan, run_plan
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-c", "from edgepilot.cli import main; main()", *args],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "150"})
+
+
+def test_plan_follows_the_source_format(tmp_path):
+    onnx = Model.load(export_onnx("cnn", tmp_path / "m.onnx"))
+    steps = [s.variant for s in plan(onnx)]
+    assert "onnx-fp32" not in steps  # the source already is that variant
+    assert {"openvino-fp32", "mnn-fp32", "ncnn-fp32"} <= set(steps)
+    assert not any(v.startswith("tflite") for v in steps)  # no ONNX → TFLite path
+    openvino_only = {s.variant for s in plan(onnx, ["openvino"])}
+    assert {"openvino-fp32", "openvino-fp16"} <= openvino_only and all(v.startswith("openvino") for v in openvino_only)
+    with pytest.raises(EdgepilotError, match="unknown format 'coreml'"):
+        plan(onnx, ["coreml"])
+
+
+def test_keras_plan_builds_onnx_first(tmp_path):
+    from builders import keras_model
+
+    keras_model("mlp").save(tmp_path / "m.keras")
+    steps = plan(Model.load(tmp_path / "m.keras"), ["mnn"])
+    assert [(s.variant, s.source) for s in steps][:2] == [("onnx-fp32", "source"), ("mnn-fp32", "onnx-fp32")]
+
+
+def test_a_failing_pass_is_recorded_and_the_rest_go_on(tmp_path):
+    import torch
+
+    class Flex(torch.nn.Module):  # a dynamic spatial size: ncnn's converter needs a fixed one
+        def forward(self, x):
+            return torch.nn.functional.adaptive_avg_pool2d(x, 1).flatten(1)
+
+    path = tmp_path / "flex.onnx"
+    torch.onnx.export(Flex(), (torch.zeros(1, 3, 8, 8),), str(path), input_names=["input"], output_names=["output"],
+                      dynamic_axes={"input": {0: "batch", 2: "h", 3: "w"}}, dynamo=False, opset_version=17)
+    model = Model.load(path)
+    variants, records = run_plan(model, plan(model, ["ncnn", "openvino"]), tmp_path / "out")
+    status = {r.variant: r.status for r in records}
+    assert status["ncnn-fp32"] == "failed" and status["openvino-fp32"] == "ok"
+    failed = next(r for r in records if r.variant == "ncnn-fp32")
+    assert "dynamic dimension" in failed.reason
+    lineage = json.loads((tmp_path / "out" / "lineage.json").read_text())
+    assert {v["variant"] for v in lineage["variants"]} == set(status)
+    assert "openvino-fp32" in variants and "ncnn-fp32" not in variants
+
+
+@pytest.mark.slow
+def test_optimize_command_on_a_pytorch_model(tmp_path):
+    import torch
+
+    from builders import torch_model, torch_reference
+
+    program = torch.export.export(torch_model("cnn"), (torch.from_numpy(sample("cnn")),),
+                                  dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, tmp_path / "cnn.pt2")
+    x = sample("cnn", batch=64)
+    np.savez(tmp_path / "data.npz", x=x, y=torch_reference("cnn", x).argmax(1))  # labels = the model's own answers
+    out = tmp_path / "out"
+    proc = cli("optimize", str(tmp_path / "cnn.pt2"), "--data", str(tmp_path / "data.npz"),
+               "--formats", "onnx,openvino,mnn", "--out", str(out), "--seconds", "0.2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    rows = {r["variant"]: r for r in report["variants"]}
+    assert {"onnx-fp32", "openvino-fp32", "openvino-fp16", "mnn-fp32"} <= set(rows)
+    assert report["reference"] == "onnx-fp32"
+    for r in rows.values():
+        assert r["error"] is None, r
+        assert r["top1"] == pytest.approx(1.0, abs=0.02) and r["agreement"]["top1_agreement"] >= 0.98
+        assert 0 < r["latency"]["p50_ms"] <= r["latency"]["p99_ms"] and r["peak_rss_mb"] > 0
+    lineage = json.loads((out / "lineage.json").read_text())
+    first = lineage["variants"][0]
+    assert first["variant"] == "onnx-fp32" and first["pass_name"] == "torch-to-onnx" and first["tools"]["torch"]
+    assert "| mnn-fp32 | mnn |" in (out / "report.md").read_text()
+
+
+def test_bad_data_is_a_clear_error(tmp_path):
+    model_path = export_onnx("cnn", tmp_path / "m.onnx")
+    np.savez(tmp_path / "empty.npz", x=np.zeros((0, 3, 32, 32), np.float32))
+    np.savez(tmp_path / "wrong.npz", x=np.zeros((4, 5, 5), np.float32), y=np.zeros(4))
+    proc = cli("optimize", str(model_path), "--data", str(tmp_path / "empty.npz"), "--formats", "openvino")
+    assert proc.returncode == 2 and "is empty" in proc.stderr and "Traceback" not in proc.stderr
+    proc = cli("optimize", str(model_path), "--data", str(tmp_path / "wrong.npz"), "--formats", "openvino")
+    assert proc.returncode == 2 and "samples of shape [5, 5] do not fit input 'input'" in proc.stderr
+    proc = cli("optimize", str(tmp_path / "missing.onnx"), "--data", "digits")
+    assert proc.returncode == 2 and "no such file" in proc.stderr
+
+
+def test_dataset_fingerprint_in_lineage(tmp_path):
+    from builders import keras_model
+
+    keras_model("mlp").save(tmp_path / "m.keras")
+    model = Model.load(tmp_path / "m.keras")
+    ds = Dataset("calib", np.random.default_rng(0).standard_normal((20, 64)).astype(np.float32))
+    steps = [s for s in plan(model, ["tflite"]) if s.variant in ("tflite-fp32", "tflite-int8")]
+    _, records = run_plan(model, steps, tmp_path / "out", ds)
+    by = {r.variant: r for r in records}
+    assert by["tflite-int8"].calibration_sha256 == ds.fingerprint()
+    assert by["tflite-fp32"].calibration_sha256 is None  # it used no calibration data
