@@ -26,7 +26,7 @@ def register(app: typer.Typer) -> None:
         """Convert MODEL into every deployable variant, measure each, and write lineage.json and report.md/json."""
         from edgepilot.cli import native_stdout_to_stderr
         from edgepilot.evaluate.datasets import fit_to_input, load_dataset
-        from edgepilot.evaluate.report import build_report, evaluate_variants, write_report
+        from edgepilot.evaluate.report import build_report, evaluate_variants, write_html, write_report
         from edgepilot.model import Model
         from edgepilot.optimize import plan, run_plan
 
@@ -47,6 +47,7 @@ def register(app: typer.Typer) -> None:
                                f"(allowed {max_accuracy_drop})")
         report = build_report(source, ds, results, reference)
         write_report(report, out)
+        write_html(report, out)
         t = Table(title=f"{model.name}: {len(results)} variants (reference {reference})")
         for col in ("variant", "engine", "KiB", "top-1", "agree", "p50 ms", "p99 ms", "peak MiB"):
             t.add_column(col, justify="left" if col in ("variant", "engine") else "right", no_wrap=True)
@@ -62,7 +63,7 @@ def register(app: typer.Typer) -> None:
         for r in results:
             for note in r.flags + ([r.error] if r.error else []):
                 console.print(f"[yellow]{r.variant}: {note}[/yellow]", soft_wrap=True)
-        console.print(f"report: {out / 'report.md'}  lineage: {out / 'lineage.json'}")
+        console.print(f"report: {out / 'report.html'} ({out / 'report.md'})  lineage: {out / 'lineage.json'}")
 
 
 def _f(v, spec: str) -> str:
