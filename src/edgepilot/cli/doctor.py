@@ -18,7 +18,9 @@ def doctor_report() -> dict:
         engines.append({"name": name, "formats": sorted(f.value for f in engine.formats),
                         "devices": list(engine.devices), "available": ok,
                         "version": engine.version() if ok else None, "detail": why})
-    return {"host": host_info().model_dump(), "engines": engines}
+    from edgepilot.targets.profiles import detect_host
+
+    return {"host": host_info().model_dump(), "target": detect_host().model_dump(), "engines": engines}
 
 
 def register(app: typer.Typer) -> None:
@@ -41,7 +43,9 @@ def register(app: typer.Typer) -> None:
                      ("instruction sets", ", ".join(h["instruction_sets"]) or "none detected"),
                      ("accelerators", ", ".join(f"{a['name']} ({a['detail']})" for a in h["accelerators"])
                       or "none detected"),
-                     ("Python", h["python"])]:
+                     ("Python", h["python"]),
+                     ("edge class", f"{report['target']['klass']} — board: "
+                      f"{report['target']['board'] or 'not a named profile'} ({report['target']['how']})")]:
             host.add_row(k, v)
         console.print(host)
         table = Table(title="Engines")

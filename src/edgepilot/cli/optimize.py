@@ -22,6 +22,7 @@ def register(app: typer.Typer) -> None:
         max_accuracy_drop: float = typer.Option(0.01, min=0, help="Top-1 drop vs the reference that fails a variant."),
         seconds: float = typer.Option(2.0, min=0.1, help="Latency time budget per variant."),
         threads: int = typer.Option(None, min=1, help="Runtime threads."),
+        target: str = typer.Option(None, help="Plan only what this board (or host) can run, then select for it."),
     ) -> None:
         """Convert MODEL into every deployable variant, measure each, and write lineage.json and report.md/json."""
         from edgepilot.cli import native_stdout_to_stderr
@@ -33,7 +34,10 @@ def register(app: typer.Typer) -> None:
         source = Model.load(model)
         ds = load_dataset(data)
         fit_to_input(ds.subset(1), source.inputs[0])  # data that does not fit the model stops here, clearly
-        steps = plan(source, [f.strip() for f in formats.split(",")] if formats else None)
+        families = [f.strip() for f in formats.split(",")] if formats else None
+        if target:
+            families = _families_for(target, families)
+        steps = plan(source, families)
         out.mkdir(parents=True, exist_ok=True)
         console = Console(width=max(Console().width, 100))
         with Progress(console=console, transient=True) as progress, native_stdout_to_stderr():
@@ -64,6 +68,25 @@ def register(app: typer.Typer) -> None:
             for note in r.flags + ([r.error] if r.error else []):
                 console.print(f"[yellow]{r.variant}: {note}[/yellow]", soft_wrap=True)
         console.print(f"report: {out / 'report.html'} ({out / 'report.md'})  lineage: {out / 'lineage.json'}")
+        if target:
+            from edgepilot.cli.targets import print_selection
+            from edgepilot.targets.select import Gates, select
+
+            print_selection(console, select(report, target, Gates(max_accuracy_drop=max_accuracy_drop)))
+
+
+# Which format families feed each runtime: TFLite Micro runs (int8) TFLite models.
+_FAMILIES = {"litert": ["tflite"], "tflite-micro": ["tflite", "micro"], "onnxruntime": ["onnx"],
+             "openvino": ["openvino"], "mnn": ["mnn"], "ncnn": ["ncnn"], "tensorrt": ["tensorrt"]}
+
+
+def _families_for(target: str, requested: list[str] | None) -> list[str]:
+    from edgepilot.engines import all_engines
+    from edgepilot.targets.profiles import get_board
+
+    runtimes = list(all_engines()) if target == "host" else get_board(target).runtimes
+    families = sorted({f for r in runtimes for f in _FAMILIES.get(r, [])})
+    return [f for f in families if requested is None or f in requested]
 
 
 def _f(v, spec: str) -> str:

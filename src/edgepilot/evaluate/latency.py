@@ -23,6 +23,7 @@ class LatencyStats(BaseModel):
     wall_s: float
     p50_ms: float
     p90_ms: float
+    p95_ms: float
     p99_ms: float
     mean_ms: float
     std_ms: float
@@ -34,10 +35,10 @@ class LatencyStats(BaseModel):
     def from_samples(cls, samples_s: list[float], *, warmup: int, batch: int, concurrency: int,
                      wall_s: float) -> LatencyStats:
         ms = np.asarray(samples_s) * 1e3
-        p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+        p50, p90, p95, p99 = np.percentile(ms, [50, 90, 95, 99])
         return cls(
             runs=len(ms), warmup=warmup, batch=batch, concurrency=concurrency, wall_s=wall_s,
-            p50_ms=float(p50), p90_ms=float(p90), p99_ms=float(p99), mean_ms=float(ms.mean()),
+            p50_ms=float(p50), p90_ms=float(p90), p95_ms=float(p95), p99_ms=float(p99), mean_ms=float(ms.mean()),
             std_ms=float(ms.std()), min_ms=float(ms.min()), max_ms=float(ms.max()),
             throughput_sps=len(ms) * batch / wall_s if wall_s > 0 else 0.0,
         )

@@ -33,6 +33,7 @@ class VariantResult(BaseModel):
     latency: LatencyStats | None = None
     load_ms: float | None = None
     peak_rss_mb: float | None = None
+    arena_bytes: int | None = None  # TFLite Micro tensor arena, for TFLite variants it can run
     error: str | None = None
     flags: list[str] = []
 
@@ -44,6 +45,7 @@ class Report(BaseModel):
     reference: str | None
     host: str
     cpu: str
+    host_gflops: float | None = None  # fp32 matrix-product rate measured when the report was made
     variants: list[VariantResult]
 
 
@@ -70,6 +72,7 @@ def evaluate_variants(variants: dict[str, Model], ds: Dataset, *, seconds: float
                     r.top5 = topk_accuracy(outputs[vid], ds.y, 5)
                 b = benchmark(BenchConfig(model=str(model.path), engine=engine, threads=threads, seconds=seconds))
                 r.latency, r.load_ms, r.peak_rss_mb = b.latency, b.load_ms, b.peak_rss_mb
+                r.arena_bytes = _arena(model, engines)
             except EdgepilotError as e:
                 r.error = str(e)
         results.append(r)
@@ -81,6 +84,31 @@ def evaluate_variants(variants: dict[str, Model], ds: Dataset, *, seconds: float
             r.agreement = agreement(outputs[r.variant], outputs[reference])
     _flag_slow_int8(results)
     return results, reference
+
+
+def _arena(model: Model, engines: dict) -> int | None:
+    """The tensor arena TFLite Micro needs for a TFLite variant; None where it cannot run it."""
+    if model.format.value != "tflite" or "tflite-micro" not in engines:
+        return None
+    from edgepilot.engines.micro import measure_arena
+
+    try:
+        return measure_arena(model.path)
+    except EdgepilotError:
+        return None
+
+
+def measure_gflops(n: int = 512, repeats: int = 5) -> float:
+    """This host's fp32 matrix-product rate (median of a few runs): the yardstick for latency estimates."""
+    import time
+
+    a = np.ones((n, n), np.float32)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ a
+        times.append(time.perf_counter() - t0)
+    return round(2 * n**3 / float(np.median(times)) / 1e9, 1)
 
 
 def _flag_slow_int8(results: list[VariantResult]) -> None:
@@ -97,7 +125,8 @@ def _flag_slow_int8(results: list[VariantResult]) -> None:
 def build_report(source: Model, ds: Dataset, results: list[VariantResult], reference: str | None) -> Report:
     host = host_info()
     return Report(source=str(source.path), dataset=ds.name, samples=len(ds), reference=reference,
-                  host=host.hostname, cpu=f"{host.cpu_model}, {host.logical_cores} cores, "
+                  host=host.hostname, host_gflops=measure_gflops(),
+                  cpu=f"{host.cpu_model}, {host.logical_cores} cores, "
                   f"{', '.join(host.instruction_sets) or 'no SIMD flags read'}", variants=results)
 
 

@@ -1,0 +1,1 @@
+"""Hardware targets: the classes and boards edgepilot knows, host detection, and variant selection."""
