@@ -117,3 +117,17 @@ def test_dataset_fingerprint_in_lineage(tmp_path):
     by = {r.variant: r for r in records}
     assert by["tflite-int8"].calibration_sha256 == ds.fingerprint()
     assert by["tflite-fp32"].calibration_sha256 is None  # it used no calibration data
+
+
+def test_recipe_file(tmp_path):
+    model_path = export_onnx("mlp", tmp_path / "m.onnx")
+    np.savez(tmp_path / "d.npz", x=sample("mlp", batch=16))
+    (tmp_path / "r.yaml").write_text(f"model: {model_path}\ndata: {tmp_path / 'd.npz'}\nformats: [openvino]\n"
+                                     f"out: {tmp_path / 'out'}\nseconds: 0.1\n")
+    proc = cli("optimize", "--recipe", str(tmp_path / "r.yaml"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads((tmp_path / "out" / "report.json").read_text())["variants"]
+    assert {r["variant"] for r in rows} == {"onnx-fp32", "openvino-fp32", "openvino-fp16"}
+    (tmp_path / "bad.yaml").write_text(f"model: {model_path}\ndata: digits\nseconds: soon\n")
+    proc = cli("optimize", "--recipe", str(tmp_path / "bad.yaml"))
+    assert proc.returncode == 2 and "bad.yaml:3: seconds:" in proc.stderr

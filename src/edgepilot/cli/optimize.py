@@ -4,23 +4,43 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
+
+from edgepilot.errors import ConfigError
+
+
+class Recipe(BaseModel):
+    """An optimize run written down: `edgepilot optimize --recipe recipe.yaml` (command-line options win)."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: Path
+    data: str
+    formats: list[str] | None = None
+    out: Path = Path("workspace/optimize")
+    calibration_samples: int = Field(200, ge=1)
+    eval_samples: int = Field(1000, ge=1)
+    max_accuracy_drop: float = Field(0.01, ge=0)
+    seconds: float = Field(2.0, gt=0)
+    threads: int | None = Field(None, ge=1)
+    target: str | None = None
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
     def optimize(
-        model: Path = typer.Argument(..., help="Keras, SavedModel, TorchScript/torch.export, ONNX or TFLite model."),
-        data: str = typer.Option(..., help="Dataset: .npz (x, y), .csv, an image folder, or digits / mnist."),
+        model: Path = typer.Argument(None, help="Keras, SavedModel, TorchScript/torch.export, ONNX or TFLite model."),
+        data: str = typer.Option(None, help="Dataset: .npz (x, y), .csv, an image folder, or digits / mnist."),
+        recipe: Path = typer.Option(None, help="A YAML recipe with these same settings."),
         formats: str = typer.Option(None, help="Comma-separated families (default: all): "
                                     "tflite, micro, onnx, openvino, mnn, ncnn, tensorrt."),
-        out: Path = typer.Option(Path("workspace/optimize"), help="Output folder."),
-        calibration_samples: int = typer.Option(200, min=1, help="Representative samples for calibration."),
-        eval_samples: int = typer.Option(1000, min=1, help="Samples for accuracy and agreement."),
-        max_accuracy_drop: float = typer.Option(0.01, min=0, help="Top-1 drop vs the reference that fails a variant."),
-        seconds: float = typer.Option(2.0, min=0.1, help="Latency time budget per variant."),
+        out: Path = typer.Option(None, help="Output folder (default workspace/optimize)."),
+        calibration_samples: int = typer.Option(None, min=1, help="Representative samples for calibration (200)."),
+        eval_samples: int = typer.Option(None, min=1, help="Samples for accuracy and agreement (1000)."),
+        max_accuracy_drop: float = typer.Option(None, min=0, help="Top-1 drop vs the reference that fails a variant."),
+        seconds: float = typer.Option(None, min=0.1, help="Latency time budget per variant (2 s)."),
         threads: int = typer.Option(None, min=1, help="Runtime threads."),
         target: str = typer.Option(None, help="Plan only what this board (or host) can run, then select for it."),
     ) -> None:
@@ -31,28 +51,42 @@ def register(app: typer.Typer) -> None:
         from edgepilot.model import Model
         from edgepilot.optimize import plan, run_plan
 
-        source = Model.load(model)
-        ds = load_dataset(data)
+        given = {k: v for k, v in dict(model=model, data=data, out=out, calibration_samples=calibration_samples,
+                                       eval_samples=eval_samples, max_accuracy_drop=max_accuracy_drop,
+                                       seconds=seconds, threads=threads, target=target,
+                                       formats=[f.strip() for f in formats.split(",")] if formats else None).items()
+                 if v is not None}
+        if recipe is not None:
+            from edgepilot.config import load_yaml
+
+            cfg = load_yaml(recipe, Recipe).model_copy(update=given)
+        else:
+            if model is None or data is None:
+                raise ConfigError("give MODEL and --data, or --recipe FILE")
+            cfg = Recipe(**given)
+        out, target = cfg.out, cfg.target
+        source = Model.load(cfg.model)
+        ds = load_dataset(cfg.data)
         fit_to_input(ds.subset(1), source.inputs[0])  # data that does not fit the model stops here, clearly
-        families = [f.strip() for f in formats.split(",")] if formats else None
+        families = cfg.formats
         if target:
             families = _families_for(target, families)
         steps = plan(source, families)
         out.mkdir(parents=True, exist_ok=True)
         console = Console(width=max(Console().width, 100))
         with Progress(console=console, transient=True) as progress, native_stdout_to_stderr():
-            variants, records = run_plan(source, steps, out, ds.subset(calibration_samples), progress)
-            results, reference = evaluate_variants(variants, ds.subset(eval_samples, seed=1), seconds=seconds,
-                                                   threads=threads, progress=progress)
+            variants, records = run_plan(source, steps, out, ds.subset(cfg.calibration_samples), progress)
+            results, reference = evaluate_variants(variants, ds.subset(cfg.eval_samples, seed=1), seconds=cfg.seconds,
+                                                   threads=cfg.threads, progress=progress)
         ref = next((r for r in results if r.variant == reference), None)
         for r in results:
-            if ref and ref.top1 is not None and r.top1 is not None and ref.top1 - r.top1 > max_accuracy_drop:
+            if ref and ref.top1 is not None and r.top1 is not None and ref.top1 - r.top1 > cfg.max_accuracy_drop:
                 r.flags.append(f"fails the accuracy gate: top-1 {ref.top1 - r.top1:.4f} below the reference "
-                               f"(allowed {max_accuracy_drop})")
+                               f"(allowed {cfg.max_accuracy_drop})")
         report = build_report(source, ds, results, reference)
         write_report(report, out)
         write_html(report, out)
-        t = Table(title=f"{model.name}: {len(results)} variants (reference {reference})")
+        t = Table(title=f"{cfg.model.name}: {len(results)} variants (reference {reference})")
         for col in ("variant", "engine", "KiB", "top-1", "agree", "p50 ms", "p99 ms", "peak MiB"):
             t.add_column(col, justify="left" if col in ("variant", "engine") else "right", no_wrap=True)
         for r in results:
@@ -72,7 +106,7 @@ def register(app: typer.Typer) -> None:
             from edgepilot.cli.targets import print_selection
             from edgepilot.targets.select import Gates, select
 
-            print_selection(console, select(report, target, Gates(max_accuracy_drop=max_accuracy_drop)))
+            print_selection(console, select(report, target, Gates(max_accuracy_drop=cfg.max_accuracy_drop)))
 
 
 # Which format families feed each runtime: TFLite Micro runs (int8) TFLite models.
