@@ -189,3 +189,25 @@ def _tools(p) -> dict[str, str]:
         except PackageNotFoundError:
             continue
     return tools
+
+
+def optimize_and_report(source: Model, ds: Dataset, out: Path, families: list[str] | None = None, *,
+                        calibration_samples: int = 200, eval_samples: int = 1000, seconds: float = 2.0,
+                        threads: int | None = None, max_accuracy_drop: float = 0.01,
+                        progress: Progress | None = None):
+    """Plan, build, measure and report: writes variants/, lineage.json and report.{json,md,html} under `out`."""
+    from edgepilot.evaluate.report import build_report, evaluate_variants, write_html, write_report
+
+    out.mkdir(parents=True, exist_ok=True)
+    variants, records = run_plan(source, plan(source, families), out, ds.subset(calibration_samples), progress)
+    results, reference = evaluate_variants(variants, ds.subset(eval_samples, seed=1), seconds=seconds,
+                                           threads=threads, progress=progress)
+    ref = next((r for r in results if r.variant == reference), None)
+    for r in results:
+        if ref and ref.top1 is not None and r.top1 is not None and ref.top1 - r.top1 > max_accuracy_drop:
+            r.flags.append(f"fails the accuracy gate: top-1 {ref.top1 - r.top1:.4f} below the reference "
+                           f"(allowed {max_accuracy_drop})")
+    report = build_report(source, ds, results, reference)
+    write_report(report, out)
+    write_html(report, out)
+    return report, records

@@ -47,9 +47,8 @@ def register(app: typer.Typer) -> None:
         """Convert MODEL into every deployable variant, measure each, and write lineage.json and report.md/json."""
         from edgepilot.cli import native_stdout_to_stderr
         from edgepilot.evaluate.datasets import fit_to_input, load_dataset
-        from edgepilot.evaluate.report import build_report, evaluate_variants, write_html, write_report
         from edgepilot.model import Model
-        from edgepilot.optimize import plan, run_plan
+        from edgepilot.optimize import optimize_and_report
 
         given = {k: v for k, v in dict(model=model, data=data, out=out, calibration_samples=calibration_samples,
                                        eval_samples=eval_samples, max_accuracy_drop=max_accuracy_drop,
@@ -71,37 +70,13 @@ def register(app: typer.Typer) -> None:
         families = cfg.formats
         if target:
             families = _families_for(target, families)
-        steps = plan(source, families)
-        out.mkdir(parents=True, exist_ok=True)
         console = Console(width=max(Console().width, 100))
         with Progress(console=console, transient=True) as progress, native_stdout_to_stderr():
-            variants, records = run_plan(source, steps, out, ds.subset(cfg.calibration_samples), progress)
-            results, reference = evaluate_variants(variants, ds.subset(cfg.eval_samples, seed=1), seconds=cfg.seconds,
-                                                   threads=cfg.threads, progress=progress)
-        ref = next((r for r in results if r.variant == reference), None)
-        for r in results:
-            if ref and ref.top1 is not None and r.top1 is not None and ref.top1 - r.top1 > cfg.max_accuracy_drop:
-                r.flags.append(f"fails the accuracy gate: top-1 {ref.top1 - r.top1:.4f} below the reference "
-                               f"(allowed {cfg.max_accuracy_drop})")
-        report = build_report(source, ds, results, reference)
-        write_report(report, out)
-        write_html(report, out)
-        t = Table(title=f"{cfg.model.name}: {len(results)} variants (reference {reference})")
-        for col in ("variant", "engine", "KiB", "top-1", "agree", "p50 ms", "p99 ms", "peak MiB"):
-            t.add_column(col, justify="left" if col in ("variant", "engine") else "right", no_wrap=True)
-        for r in results:
-            lat, a = r.latency, r.agreement
-            t.add_row(r.variant, r.engine or "-", f"{r.size_bytes / 1024:.1f}", _f(r.top1, ".4f"),
-                      _f(a and a.top1_agreement, ".4f"), _f(lat and lat.p50_ms, ".3f"), _f(lat and lat.p99_ms, ".3f"),
-                      _f(r.peak_rss_mb, ".0f"))
-        console.print(t)
-        for rec in records:
-            if rec.status != "ok":
-                console.print(f"[yellow]{rec.variant}: {rec.status}: {rec.reason}[/yellow]", soft_wrap=True)
-        for r in results:
-            for note in r.flags + ([r.error] if r.error else []):
-                console.print(f"[yellow]{r.variant}: {note}[/yellow]", soft_wrap=True)
-        console.print(f"report: {out / 'report.html'} ({out / 'report.md'})  lineage: {out / 'lineage.json'}")
+            report, records = optimize_and_report(
+                source, ds, out, families, calibration_samples=cfg.calibration_samples,
+                eval_samples=cfg.eval_samples, seconds=cfg.seconds, threads=cfg.threads,
+                max_accuracy_drop=cfg.max_accuracy_drop, progress=progress)
+        print_summary(console, report, records, out)
         if target:
             from edgepilot.cli.targets import print_selection
             from edgepilot.targets.select import Gates, select
@@ -121,6 +96,26 @@ def _families_for(target: str, requested: list[str] | None) -> list[str]:
     runtimes = list(all_engines()) if target == "host" else get_board(target).runtimes
     families = sorted({f for r in runtimes for f in _FAMILIES.get(r, [])})
     return [f for f in families if requested is None or f in requested]
+
+
+def print_summary(console: Console, report, records, out: Path) -> None:
+    """The variants table, then every failure, flag and error, then where the report is."""
+    t = Table(title=f"{Path(report.source).name}: {len(report.variants)} variants (reference {report.reference})")
+    for col in ("variant", "engine", "KiB", "top-1", "agree", "p50 ms", "p99 ms", "peak MiB"):
+        t.add_column(col, justify="left" if col in ("variant", "engine") else "right", no_wrap=True)
+    for r in report.variants:
+        lat, a = r.latency, r.agreement
+        t.add_row(r.variant, r.engine or "-", f"{r.size_bytes / 1024:.1f}", _f(r.top1, ".4f"),
+                  _f(a and a.top1_agreement, ".4f"), _f(lat and lat.p50_ms, ".3f"), _f(lat and lat.p99_ms, ".3f"),
+                  _f(r.peak_rss_mb, ".0f"))
+    console.print(t)
+    for rec in records:
+        if rec.status != "ok":
+            console.print(f"[yellow]{rec.variant}: {rec.status}: {rec.reason}[/yellow]", soft_wrap=True)
+    for r in report.variants:
+        for note in r.flags + ([r.error] if r.error else []):
+            console.print(f"[yellow]{r.variant}: {note}[/yellow]", soft_wrap=True)
+    console.print(f"report: {out / 'report.html'} ({out / 'report.md'})  lineage: {out / 'lineage.json'}")
 
 
 def _f(v, spec: str) -> str:
