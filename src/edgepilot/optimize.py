@@ -194,12 +194,16 @@ def _tools(p) -> dict[str, str]:
 def optimize_and_report(source: Model, ds: Dataset, out: Path, families: list[str] | None = None, *,
                         calibration_samples: int = 200, eval_samples: int = 1000, seconds: float = 2.0,
                         threads: int | None = None, max_accuracy_drop: float = 0.01,
-                        progress: Progress | None = None):
-    """Plan, build, measure and report: writes variants/, lineage.json and report.{json,md,html} under `out`."""
+                        calibration: Dataset | None = None, progress: Progress | None = None):
+    """Plan, build, measure and report: writes variants/, lineage.json and report.{json,md,html} under `out`.
+
+    Calibration samples come from `calibration` when given (e.g. the training split), else from `ds`.
+    """
     from edgepilot.evaluate.report import build_report, evaluate_variants, write_html, write_report
 
     out.mkdir(parents=True, exist_ok=True)
-    variants, records = run_plan(source, plan(source, families), out, ds.subset(calibration_samples), progress)
+    calib = (calibration or ds).subset(calibration_samples)
+    variants, records = run_plan(source, plan(source, families), out, calib, progress)
     results, reference = evaluate_variants(variants, ds.subset(eval_samples, seed=1), seconds=seconds,
                                            threads=threads, progress=progress)
     ref = next((r for r in results if r.variant == reference), None)
