@@ -20,6 +20,7 @@ from rich.progress import Progress
 from edgepilot.errors import EdgepilotError
 from edgepilot.evaluate.datasets import Dataset
 from edgepilot.model import Format, Model
+from edgepilot.optional import require
 from edgepilot.passes import PassContext, all_passes
 
 log = logging.getLogger(__name__)
@@ -191,6 +192,18 @@ def _tools(p) -> dict[str, str]:
     return tools
 
 
+# Safer settings tried in order when a quantised variant loses more accuracy than the gate allows.
+# "exclude_sensitive" keeps the first and last weight layers in float: the usual most sensitive ones.
+RETRIES: dict[str, list[dict[str, Any]]] = {
+    "onnx-quantize-static": [{"per_channel": True}, {"per_channel": True, "reduce_range": True},
+                             {"per_channel": True, "calibrate_method": "entropy"},
+                             {"per_channel": True, "calibrate_method": "percentile"},
+                             {"per_channel": True, "exclude_sensitive": True}],
+    "onnx-quantize-dynamic": [{"per_channel": True}, {"per_channel": True, "reduce_range": True},
+                              {"per_channel": True, "exclude_sensitive": True}],
+}
+
+
 def optimize_and_report(source: Model, ds: Dataset, out: Path, families: list[str] | None = None, *,
                         calibration_samples: int = 200, eval_samples: int = 1000, seconds: float = 2.0,
                         threads: int | None = None, max_accuracy_drop: float = 0.01,
@@ -198,20 +211,76 @@ def optimize_and_report(source: Model, ds: Dataset, out: Path, families: list[st
     """Plan, build, measure and report: writes variants/, lineage.json and report.{json,md,html} under `out`.
 
     Calibration samples come from `calibration` when given (e.g. the training split), else from `ds`.
+    A quantised variant over the accuracy gate is rebuilt with the RETRIES settings until one passes;
+    the report lists every try.
     """
     from edgepilot.evaluate.report import build_report, evaluate_variants, write_html, write_report
 
     out.mkdir(parents=True, exist_ok=True)
     calib = (calibration or ds).subset(calibration_samples)
+    eval_set = ds.subset(eval_samples, seed=1)
     variants, records = run_plan(source, plan(source, families), out, calib, progress)
-    results, reference = evaluate_variants(variants, ds.subset(eval_samples, seed=1), seconds=seconds,
-                                           threads=threads, progress=progress)
+    results, reference, ref_out = evaluate_variants(variants, eval_set, seconds=seconds, threads=threads,
+                                                    progress=progress)
     ref = next((r for r in results if r.variant == reference), None)
-    for r in results:
-        if ref and ref.top1 is not None and r.top1 is not None and ref.top1 - r.top1 > max_accuracy_drop:
-            r.flags.append(f"fails the accuracy gate: top-1 {ref.top1 - r.top1:.4f} below the reference "
-                           f"(allowed {max_accuracy_drop})")
+    by_record = {r.variant: r for r in records}
+    for i, r in enumerate(results):
+        if ref is None or ref.top1 is None or r.top1 is None or ref.top1 - r.top1 <= max_accuracy_drop:
+            continue
+        rec = by_record.get(r.variant)
+        tries = RETRIES.get(rec.pass_name, []) if rec else []
+        better, tried = _retry(rec, variants, tries, out, calib, eval_set, ref.top1 - max_accuracy_drop, ref_out,
+                               seconds=seconds, threads=threads) if tries else (None, [])
+        if better is not None:
+            results[i] = better
+        else:
+            r.tries = tried
+            r.flags.append(f"rejected by the accuracy gate: top-1 {ref.top1 - r.top1:.4f} below the reference "
+                           f"(allowed {max_accuracy_drop})" + (f"; {len(tried)} safer settings tried, none passed"
+                                                              if tried else "; no safer setting to try"))
     report = build_report(source, ds, results, reference)
     write_report(report, out)
     write_html(report, out)
     return report, records
+
+
+def _retry(rec: Record, variants: dict[str, Model], tries: list[dict[str, Any]], out: Path, calib: Dataset,
+           eval_set: Dataset, needed_top1: float, ref_out, *, seconds: float, threads: int | None):
+    """Rebuild a variant with each safer setting in turn; the first that passes the gate replaces it."""
+    from edgepilot.evaluate.accuracy import agreement
+    from edgepilot.evaluate.report import evaluate_one
+
+    src = variants.get(rec.source)
+    if src is None:
+        return None, []
+    p = all_passes()[rec.pass_name]()
+    log_lines: list[str] = []
+    for k, extra in enumerate(tries, 1):
+        options = {**rec.options, **{key: v for key, v in extra.items() if key != "exclude_sensitive"}}
+        if extra.get("exclude_sensitive"):
+            options["nodes_to_exclude"] = sensitive_nodes(src)
+        ctx = PassContext(out / "variants" / rec.variant / f"retry{k}",
+                          calibration={src.inputs[0].name: _calibration_for(calib, src)})
+        try:
+            model = p.run(src, p.options(**options), ctx)
+        except EdgepilotError as e:
+            log_lines.append(f"{options}: failed ({e})")
+            continue
+        result, outputs = evaluate_one(rec.variant, model, eval_set, seconds=seconds, threads=threads)
+        log_lines.append(f"{options}: top-1 {result.top1 if result.top1 is not None else 'n/a'}")
+        if result.top1 is not None and result.top1 >= needed_top1:
+            if outputs is not None and ref_out is not None:
+                result.agreement = agreement(outputs, ref_out)
+            result.tries = log_lines
+            result.flags.append(f"recovered by retry {k} with {options}")
+            variants[rec.variant] = model
+            return result, log_lines
+    return None, log_lines
+
+
+def sensitive_nodes(model: Model) -> list[str]:
+    """Names of the first and last Conv/Gemm/MatMul nodes of an ONNX model."""
+    onnx = require("onnx", "onnx")
+    nodes = [n.name for n in onnx.load(str(model.path), load_external_data=False).graph.node
+             if n.op_type in ("Conv", "Gemm", "MatMul") and n.name]
+    return sorted({nodes[0], nodes[-1]}) if nodes else []

@@ -36,6 +36,7 @@ class VariantResult(BaseModel):
     arena_bytes: int | None = None  # TFLite Micro tensor arena, for TFLite variants it can run
     error: str | None = None
     flags: list[str] = []
+    tries: list[str] = []  # settings tried after the variant failed the accuracy gate, with their top-1
 
 
 class Report(BaseModel):
@@ -49,32 +50,45 @@ class Report(BaseModel):
     variants: list[VariantResult]
 
 
-def evaluate_variants(variants: dict[str, Model], ds: Dataset, *, seconds: float = 2.0,
-                      threads: int | None = None, progress=None) -> tuple[list[VariantResult], str | None]:
-    """Accuracy and agreement in this process on `ds`; latency and memory in a fresh subprocess each."""
+def evaluate_one(vid: str, model: Model, ds: Dataset, *, seconds: float = 2.0,
+                 threads: int | None = None) -> tuple[VariantResult, np.ndarray | None]:
+    """One variant's accuracy in this process, then its latency and memory in a fresh subprocess."""
     engines = {n: e for n, e in all_engines().items() if e.available()[0]}
+    engine = next((n for n, e in engines.items() if model.format in e.formats), None)
+    r = VariantResult(variant=vid, format=model.format.value, engine=engine, size_bytes=model.size_bytes)
+    if engine is None:
+        r.error = f"no engine here runs {model.format.value}"
+        return r, None
+    outputs = None
+    try:
+        with open_session(model, engine, threads=threads) as s:
+            outputs = predict(s, fit_to_input(ds, s.inputs[0]))
+        if ds.y is not None:
+            r.top1 = topk_accuracy(outputs, ds.y, 1)
+            r.top5 = topk_accuracy(outputs, ds.y, 5)
+        b = benchmark(BenchConfig(model=str(model.path), engine=engine, threads=threads, seconds=seconds))
+        r.latency, r.load_ms, r.peak_rss_mb = b.latency, b.load_ms, b.peak_rss_mb
+        r.arena_bytes = _arena(model, engines)
+    except EdgepilotError as e:
+        r.error = str(e)
+    return r, outputs
+
+
+def evaluate_variants(variants: dict[str, Model], ds: Dataset, *, seconds: float = 2.0, threads: int | None = None,
+                      progress=None) -> tuple[list[VariantResult], str | None, np.ndarray | None]:
+    """Every variant measured the same way; agreement against the first float32 reference that ran.
+
+    Returns the results, the reference variant's id and its outputs (for variants measured later).
+    """
     outputs: dict[str, np.ndarray] = {}
     results = []
     task = progress.add_task("evaluating", total=len(variants)) if progress else None
     for vid, model in variants.items():
         if progress:
             progress.update(task, description=f"evaluating {vid}")
-        engine = next((n for n, e in engines.items() if model.format in e.formats), None)
-        r = VariantResult(variant=vid, format=model.format.value, engine=engine, size_bytes=model.size_bytes)
-        if engine is None:
-            r.error = f"no engine here runs {model.format.value}"
-        else:
-            try:
-                with open_session(model, engine, threads=threads) as s:
-                    outputs[vid] = predict(s, fit_to_input(ds, s.inputs[0]))
-                if ds.y is not None:
-                    r.top1 = topk_accuracy(outputs[vid], ds.y, 1)
-                    r.top5 = topk_accuracy(outputs[vid], ds.y, 5)
-                b = benchmark(BenchConfig(model=str(model.path), engine=engine, threads=threads, seconds=seconds))
-                r.latency, r.load_ms, r.peak_rss_mb = b.latency, b.load_ms, b.peak_rss_mb
-                r.arena_bytes = _arena(model, engines)
-            except EdgepilotError as e:
-                r.error = str(e)
+        r, out = evaluate_one(vid, model, ds, seconds=seconds, threads=threads)
+        if out is not None:
+            outputs[vid] = out
         results.append(r)
         if progress:
             progress.advance(task)
@@ -83,7 +97,7 @@ def evaluate_variants(variants: dict[str, Model], ds: Dataset, *, seconds: float
         if reference and r.variant in outputs:
             r.agreement = agreement(outputs[r.variant], outputs[reference])
     _flag_slow_int8(results)
-    return results, reference
+    return results, reference, outputs.get(reference) if reference else None
 
 
 def _arena(model: Model, engines: dict) -> int | None:
