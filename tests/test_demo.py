@@ -31,6 +31,8 @@ def test_demo_builds_and_measures_every_family(tmp_path):
         assert 0 < r["latency"]["p50_ms"] <= r["latency"]["p99_ms"] and r["peak_rss_mb"] > 0
     assert rows["tflite-int8"]["arena_bytes"] > 0  # TFLite Micro measured the arena an MCU would need
     lineage = json.loads((out / "lineage.json").read_text())
-    assert all(v["status"] == "ok" for v in lineage["variants"])
+    for v in lineage["variants"]:  # only what cannot run here (TensorRT without a GPU) is skipped, with why
+        assert v["status"] == "ok" or (v["status"] == "skipped" and "TensorRT" in v["reason"]), v
+    assert "micro-int8" in rows and rows["micro-int8"]["engine"] == "tflite-micro"
     assert (out / "report.html").read_text().count("<img") == 4
     assert "trained the article's CNN" in proc.stdout and "report:" in proc.stdout

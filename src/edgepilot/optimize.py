@@ -44,6 +44,7 @@ STEPS: list[tuple[str, str, dict[str, Any], str, str]] = [
     ("mnn-fp32", "onnx-to-mnn", {"precision": "fp32"}, "onnx-fp32", "mnn"),
     ("mnn-fp16", "onnx-to-mnn", {"precision": "fp16"}, "onnx-fp32", "mnn"),
     ("mnn-int8-weights", "onnx-to-mnn", {"precision": "int8-weights"}, "onnx-fp32", "mnn"),
+    ("mnn-int8", "mnn-quantize-int8", {}, "onnx-fp32", "mnn"),
     ("ncnn-fp32", "onnx-to-ncnn", {"precision": "fp32"}, "onnx-fp32", "ncnn"),
     ("ncnn-fp16", "onnx-to-ncnn", {"precision": "fp16"}, "onnx-fp32", "ncnn"),
     ("tensorrt-fp16", "onnx-to-tensorrt", {"precision": "fp16"}, "onnx-fp32", "tensorrt"),
@@ -135,6 +136,7 @@ def run_plan(model: Model, steps: list[Step], out: Path, calibration: Dataset | 
                 raise _Skip(f"its source {step.source} was not built")
             if calibration is not None:
                 ctx.calibration = {src.inputs[0].name: _calibration_for(calibration, src)}
+                ctx.labels = calibration.y  # lets NNCF's accuracy control validate
             reasons = p.why_not(src, ctx)
             if reasons:
                 raise _Skip("; ".join(reasons))

@@ -55,7 +55,11 @@ def evaluate_one(vid: str, model: Model, ds: Dataset, *, seconds: float = 2.0,
     """One variant's accuracy in this process, then its latency and memory in a fresh subprocess."""
     engines = {n: e for n, e in all_engines().items() if e.available()[0]}
     engine = next((n for n, e in engines.items() if model.format in e.formats), None)
-    r = VariantResult(variant=vid, format=model.format.value, engine=engine, size_bytes=model.size_bytes)
+    if "arena_bytes" in model.meta and "tflite-micro" in engines:  # a TFLite Micro deliverable runs on TFLM
+        engine = "tflite-micro"
+    # a TFLite Micro deliverable also holds C sources: what goes to flash is the model's bytes
+    size = int(model.meta.get("model_bytes", model.size_bytes))
+    r = VariantResult(variant=vid, format=model.format.value, engine=engine, size_bytes=size)
     if engine is None:
         r.error = f"no engine here runs {model.format.value}"
         return r, None
@@ -127,9 +131,9 @@ def measure_gflops(n: int = 512, repeats: int = 5) -> float:
 
 def _flag_slow_int8(results: list[VariantResult]) -> None:
     """int8 is not faster on every CPU (this one has no VNNI): say so with the measured ratio."""
-    fp32 = {r.format: r for r in results if r.variant.endswith("fp32") and r.latency}
+    fp32 = {(r.format, r.engine): r for r in results if r.variant.endswith("fp32") and r.latency}
     for r in results:
-        base = fp32.get(r.format)
+        base = fp32.get((r.format, r.engine))  # same format on the same runtime: only precision differs
         # 5 % margin: a smaller difference is within run-to-run noise on a shared machine
         if "int8" in r.variant and r.latency and base and r.latency.p50_ms > 1.05 * base.latency.p50_ms:
             r.flags.append(f"int8 slower than fp32 here: {r.latency.p50_ms / base.latency.p50_ms:.2f}x the p50 of "

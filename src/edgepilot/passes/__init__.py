@@ -15,6 +15,14 @@ _REGISTRY = (
     "edgepilot.passes.onnx_to_openvino:OnnxToOpenVINO",
     "edgepilot.passes.onnx_to_mnn:OnnxToMNN",
     "edgepilot.passes.onnx_to_ncnn:OnnxToNcnn",
+    "edgepilot.passes.onnx_simplify:OnnxSimplify",
+    "edgepilot.passes.onnx_fp16:OnnxFp16",
+    "edgepilot.passes.onnx_quantize:OnnxQuantizeDynamic",
+    "edgepilot.passes.onnx_quantize:OnnxQuantizeStatic",
+    "edgepilot.passes.openvino_nncf:OpenVINONncfInt8",
+    "edgepilot.passes.tflite_to_micro:TFLiteToMicro",
+    "edgepilot.passes.onnx_to_tensorrt:OnnxToTensorRT",
+    "edgepilot.passes.mnn_quantize:MNNQuantizeInt8",
 )
 
 __all__ = ["Pass", "PassContext", "all_passes", "get_pass"]
