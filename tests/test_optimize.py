@@ -91,7 +91,8 @@ def test_optimize_command_on_a_pytorch_model(tmp_path):
     assert first["variant"] == "onnx-fp32" and first["pass_name"] == "torch-to-onnx" and first["tools"]["torch"]
     assert "| mnn-fp32 | mnn |" in (out / "report.md").read_text()
     page = (out / "report.html").read_text()
-    assert page.count("<img") == 4 and page.count("data:image/png;base64,") == 4 and "<table>" in page
+    assert page.count("<img") == 5 and page.count("data:image/png;base64,") == 5 and "<table>" in page
+    assert "Weight quantisation error by bit depth" in page
 
 
 def test_bad_data_is_a_clear_error(tmp_path):

@@ -240,7 +240,8 @@ def optimize_and_report(source: Model, ds: Dataset, out: Path, families: list[st
             r.flags.append(f"rejected by the accuracy gate: top-1 {ref.top1 - r.top1:.4f} below the reference "
                            f"(allowed {max_accuracy_drop})" + (f"; {len(tried)} safer settings tried, none passed"
                                                               if tried else "; no safer setting to try"))
-    report = build_report(source, ds, results, reference)
+    analysed = variants.get("onnx-fp32") or (source if source.format in (Format.ONNX, Format.KERAS) else None)
+    report = build_report(source, ds, results, reference, analysed)
     write_report(report, out)
     write_html(report, out)
     return report, records

@@ -59,3 +59,22 @@ def pareto(points: dict[str, tuple[float, float]], title: str = "Latency vs accu
     ax.set_title(f"{title} (labelled: the Pareto front; the rest are in the table)")
     ax.grid(alpha=0.3)
     return _png(plt, fig)
+
+
+def bit_depth(rows: list[dict]) -> bytes:
+    """SQNR (dB) of all weights after symmetric quantisation to each bit depth, per tensor and per channel."""
+    plt, fig, ax = _figure(7, 4)
+    for scheme, color in (("per-tensor", "#4C72B0"), ("per-channel", "#DD8452")):
+        pts = sorted((r["bits"], r["sqnr_db"]) for r in rows if r["scheme"] == scheme and r["sqnr_db"] is not None)
+        if pts:
+            ax.plot(*zip(*pts), "o-", color=color, label=scheme)
+            for b, db in pts:
+                ax.annotate(f"{db:.1f} dB", (b, db), fontsize=7, xytext=(4, -10), textcoords="offset points")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks([4, 8, 16], ["4", "8", "16"])
+    ax.set_xlabel("bits per weight (32 = float32: no error)")
+    ax.set_ylabel("SQNR, dB (higher is better)")
+    ax.set_title("Weight quantisation error by bit depth")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(plt, fig)

@@ -48,6 +48,9 @@ class Report(BaseModel):
     cpu: str
     host_gflops: float | None = None  # fp32 matrix-product rate measured when the report was made
     variants: list[VariantResult]
+    # §3.1: weight quantisation error by bit depth, over all weights and for the worst tensors at 8 bits
+    weight_error: list[dict] = []
+    worst_tensors_8bit: list[dict] = []
 
 
 def evaluate_one(vid: str, model: Model, ds: Dataset, *, seconds: float = 2.0,
@@ -140,12 +143,30 @@ def _flag_slow_int8(results: list[VariantResult]) -> None:
                            f"{base.variant}")
 
 
-def build_report(source: Model, ds: Dataset, results: list[VariantResult], reference: str | None) -> Report:
+def weight_error(model: Model) -> tuple[list[dict], list[dict]]:
+    """Error by bit depth over every weight, and the 5 tensors with the lowest SQNR at 8 bits per tensor."""
+    from edgepilot.evaluate.quant_error import quant_error
+
+    try:
+        q = quant_error(model)
+    except EdgepilotError as e:
+        log.info("no weight analysis: %s", e)
+        return [], []
+    eight = sorted((t for t in q.tensors if t.bits == 8 and t.scheme == "per-tensor" and t.sqnr_db is not None),
+                   key=lambda t: t.sqnr_db)[:5]
+    return q.overall, [{"name": t.name, "shape": list(t.shape), "sqnr_db": t.sqnr_db, "mse": t.mse} for t in eight]
+
+
+def build_report(source: Model, ds: Dataset, results: list[VariantResult], reference: str | None,
+                 analysed: Model | None = None) -> Report:
+    """`analysed` is the float model whose weights the §3.1 analysis reads (ONNX or Keras)."""
     host = host_info()
+    overall, worst = weight_error(analysed) if analysed is not None else ([], [])
     return Report(source=str(source.path), dataset=ds.name, samples=len(ds), reference=reference,
                   host=host.hostname, host_gflops=measure_gflops(),
                   cpu=f"{host.cpu_model}, {host.logical_cores} cores, "
-                  f"{', '.join(host.instruction_sets) or 'no SIMD flags read'}", variants=results)
+                  f"{', '.join(host.instruction_sets) or 'no SIMD flags read'}", variants=results,
+                  weight_error=overall, worst_tensors_8bit=worst)
 
 
 def _f(v, spec: str) -> str:
@@ -169,6 +190,14 @@ def write_report(report: Report, out: Path) -> None:
             f"| {_f(a and a.top1_agreement, '.4f')} | {_f(a and a.max_abs_error, '.3g')} | {_f(a and a.cosine, '.5f')} "
             f"| {_f(lat and lat.p50_ms, '.3f')} | {_f(lat and lat.p90_ms, '.3f')} | {_f(lat and lat.p99_ms, '.3f')} "
             f"| {_f(lat and lat.throughput_sps, '.0f')} | {_f(r.peak_rss_mb, '.0f')} | {note} |")
+    if report.weight_error:
+        lines += ["", "## Weight quantisation error by bit depth (symmetric, all weights)", "",
+                  "| bits | scheme | MSE | max abs | SQNR dB | compression |", "|---:|---|---:|---:|---:|---:|"]
+        for w in report.weight_error:
+            lines.append(f"| {w['bits']} | {w['scheme']} | {w['mse']:.3g} | {w['max_abs']:.3g} | "
+                         f"{_f(w['sqnr_db'], '.1f')} | {w['compression']:g}x |")
+        lines += ["", "Most sensitive tensors at 8 bits, per tensor: " + ", ".join(
+            f"{t['name']} ({t['sqnr_db']:.1f} dB)" for t in report.worst_tensors_8bit)]
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
 
@@ -188,6 +217,8 @@ def write_html(report: Report, out: Path) -> None:
     points = {r.variant: (r.latency.p50_ms, r.top1) for r in rows if r.latency and r.top1 is not None}
     if points:
         figures.append(("Pareto", plots.pareto(points)))
+    if report.weight_error:
+        figures.append(("Weight quantisation error by bit depth", plots.bit_depth(report.weight_error)))
     md = (out / "report.md").read_text() if (out / "report.md").exists() else ""
     table = _md_table_to_html(md)
     imgs = "\n".join(f'<h2>{html.escape(t)}</h2><img alt="{html.escape(t)}" src="data:image/png;base64,'
