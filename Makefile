@@ -20,6 +20,7 @@ test: setup
 
 bench: setup
 	$(PY) bench/engine_overhead.py
+	$(PY) bench/monitor.py
 
 lint: setup
 	$(VENV)/bin/ruff check src tests bench

@@ -36,6 +36,18 @@ class BenchConfig(BaseModel, extra="forbid"):
     shapes: dict[str, list[int]] = Field(default_factory=dict)  # explicit shapes for dynamic inputs
 
 
+class BenchEnergy(BaseModel):
+    """Energy during the timed runs, where a power source is readable (RAPL, INA sensors, tegrastats, NVML)."""
+
+    source: str | None  # e.g. "rapl:package-0"; None when no source could be read
+    scope: str  # what the figure covers (a CPU package counts every process), or why there is no figure
+    joules: float | None = None  # over the whole measurement window (warm-up included)
+    window_s: float | None = None
+    mean_power_w: float | None = None
+    per_inference_mj: float | None = None  # mean power x timed wall time / timed calls
+    per_sample_mj: float | None = None  # per_inference_mj / batch
+
+
 class BenchResult(BaseModel):
     model: str
     format: str
@@ -48,6 +60,7 @@ class BenchResult(BaseModel):
     rss_before_load_mb: float
     peak_rss_mb: float
     outside_cpu_load_pct: float  # busy CPU not used by the benchmark, % of all cores, during the timed runs
+    energy: BenchEnergy | None = None  # None only in results written before energy was measured
     host: str
     cpu_model: str
     timestamp: str
@@ -96,9 +109,15 @@ def run_in_process(cfg: BenchConfig) -> BenchResult:
     def factory():
         return pending.pop() if pending else engine.open(model, threads=cfg.threads, device=device)
 
+    meter, why_no_energy = _energy_meter(device)
+    if meter is not None:
+        meter.start()
     cpu0, self0, wall0 = psutil.cpu_times(), me.cpu_times(), time.perf_counter()
-    stats = measure_latency(factory, feeds, batch=cfg.batch, warmup=cfg.warmup, runs=cfg.runs,
-                            seconds=cfg.seconds, concurrency=cfg.concurrency)
+    try:
+        stats = measure_latency(factory, feeds, batch=cfg.batch, warmup=cfg.warmup, runs=cfg.runs,
+                                seconds=cfg.seconds, concurrency=cfg.concurrency)
+    finally:
+        window = meter.stop() if meter is not None else None
     cpu1, self1, wall = psutil.cpu_times(), me.cpu_times(), time.perf_counter() - wall0
     busy = _busy(cpu1) - _busy(cpu0)
     mine = (self1.user + self1.system) - (self0.user + self0.system)
@@ -108,9 +127,30 @@ def run_in_process(cfg: BenchConfig) -> BenchResult:
         model=str(model.path), format=model.format.value, engine=engine_cls.name,
         engine_version=engine_cls.version(), threads=cfg.threads, device=device, load_ms=load_ms,
         latency=stats, rss_before_load_mb=rss_before / 2**20, peak_rss_mb=_peak_rss() / 2**20,
-        outside_cpu_load_pct=round(outside, 2), host=host.hostname, cpu_model=host.cpu_model,
+        outside_cpu_load_pct=round(outside, 2), energy=_energy(window, why_no_energy, stats),
+        host=host.hostname, cpu_model=host.cpu_model,
         timestamp=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
+
+
+def _energy_meter(device: str):
+    """An energy meter for the timed runs, or None and why; energy is optional and never fails a benchmark."""
+    try:
+        from edgepilot.monitor.energy import open_energy_meter
+
+        return open_energy_meter(device=device)
+    except Exception as e:  # any failure here only costs the energy figure
+        return None, f"energy meter failed: {e}"
+
+
+def _energy(window, why: str, stats: LatencyStats) -> BenchEnergy:
+    if window is None:
+        return BenchEnergy(source=None, scope=f"unavailable: {why}")
+    # warm-up runs inside the metered window, so the per-call figure is mean power x timed time, not J / calls
+    per_call = window.mean_watts * stats.wall_s / stats.runs * 1e3 if stats.runs else None
+    return BenchEnergy(source=window.source, scope=window.scope, joules=window.joules, window_s=window.seconds,
+                       mean_power_w=window.mean_watts, per_inference_mj=per_call,
+                       per_sample_mj=per_call / stats.batch if per_call is not None else None)
 
 
 def _busy(t) -> float:
