@@ -72,6 +72,8 @@ def render_png(series: list[Series], why: dict[str, str], thresholds: Thresholds
     mpl.use("Agg")  # files only: no display on a device
     import matplotlib.pyplot as plt
 
+    if not path.suffix:  # matplotlib would add ".png" itself; name the file it really writes
+        path = path.with_suffix(".png")
     t0 = min((s.ts[0] for s in series), default=0.0)
     fig, axes = plt.subplots(2, 3, figsize=(18, 10))
     try:
