@@ -12,3 +12,13 @@ def require(module: str, extra: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError as e:
         raise missing_extra(module.split(".")[0], extra) from e
+
+
+def load_registry(entries: tuple[str, ...]) -> dict[str, type]:
+    """Import "module:Class" entries and key the classes by their `name` (registries of engines, passes)."""
+    classes = {}
+    for entry in entries:
+        module, cls = entry.split(":")
+        found = getattr(importlib.import_module(module), cls)
+        classes[found.name] = found
+    return classes

@@ -1,12 +1,12 @@
 """The engine registry: every runtime edgepilot can run a model on, and how to pick one."""
 from __future__ import annotations
 
-import importlib
 from functools import cache
 
 from edgepilot.engines.base import Engine, Session
 from edgepilot.errors import UnavailableError
 from edgepilot.model import Model
+from edgepilot.optional import load_registry
 
 # In order of preference when a format can run on several runtimes. A new runtime is one line here.
 _REGISTRY = (
@@ -25,12 +25,7 @@ __all__ = ["Engine", "Session", "all_engines", "get_engine", "engine_for", "open
 @cache
 def all_engines() -> dict[str, type[Engine]]:
     """Every registered engine class by name (importing them is cheap: runtimes load lazily)."""
-    engines = {}
-    for entry in _REGISTRY:
-        module, cls = entry.split(":")
-        engine = getattr(importlib.import_module(module), cls)
-        engines[engine.name] = engine
-    return engines
+    return load_registry(_REGISTRY)
 
 
 def get_engine(name: str) -> type[Engine]:

@@ -1,10 +1,10 @@
 """The pass registry: every conversion and optimisation step edgepilot can apply."""
 from __future__ import annotations
 
-import importlib
 from functools import cache
 
 from edgepilot.errors import ConfigError
+from edgepilot.optional import load_registry
 from edgepilot.passes.base import Pass, PassContext
 
 # A new pass is one line here and one module beside this file.
@@ -30,12 +30,7 @@ __all__ = ["Pass", "PassContext", "all_passes", "get_pass"]
 
 @cache
 def all_passes() -> dict[str, type[Pass]]:
-    passes = {}
-    for entry in _REGISTRY:
-        module, cls = entry.split(":")
-        p = getattr(importlib.import_module(module), cls)
-        passes[p.name] = p
-    return passes
+    return load_registry(_REGISTRY)
 
 
 def get_pass(name: str) -> Pass:
