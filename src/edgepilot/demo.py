@@ -10,7 +10,6 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from rich.console import Console
 from rich.progress import Progress
 
 from edgepilot.evaluate.datasets import Dataset, load_dataset
@@ -53,11 +52,11 @@ def train(ds: Dataset, path: Path, epochs: int, max_samples: int) -> tuple[Model
 
 def run_demo(out: Path, dataset: str = "mnist", epochs: int = 2, train_samples: int = 20000,
              seconds: float = 1.0, threads: int | None = None) -> None:
-    from edgepilot.cli import native_stdout_to_stderr
+    from edgepilot.cli import native_stdout_to_stderr, wide_console
     from edgepilot.cli.optimize import print_summary
     from edgepilot.optimize import optimize_and_report
 
-    console = Console(width=max(Console().width, 100))
+    console = wide_console()
     out.mkdir(parents=True, exist_ok=True)
     ds = load_dataset(dataset)
     if ds.name == "mnist-test":  # MNIST has its own training split; the digits are split here

@@ -48,3 +48,10 @@ def native_stdout_to_stderr():
         sys.stdout.flush()
         os.dup2(saved, 1)
         os.close(saved)
+
+
+def wide_console(min_width: int = 100):
+    """A rich Console at least `min_width` wide: a pipe reports 80 columns, too narrow for the tables."""
+    from rich.console import Console
+
+    return Console(width=max(Console().width, min_width))

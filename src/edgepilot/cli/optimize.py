@@ -10,6 +10,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from edgepilot.errors import ConfigError
+from edgepilot.evaluate.report import fmt
 
 
 class Recipe(BaseModel):
@@ -45,7 +46,7 @@ def register(app: typer.Typer) -> None:
         target: str = typer.Option(None, help="Plan only what this board (or host) can run, then select for it."),
     ) -> None:
         """Convert MODEL into every deployable variant, measure each, and write lineage.json and report.md/json."""
-        from edgepilot.cli import native_stdout_to_stderr
+        from edgepilot.cli import native_stdout_to_stderr, wide_console
         from edgepilot.evaluate.datasets import fit_to_input, load_dataset
         from edgepilot.model import Model
         from edgepilot.optimize import optimize_and_report
@@ -70,7 +71,7 @@ def register(app: typer.Typer) -> None:
         families = cfg.formats
         if target:
             families = _families_for(target, families)
-        console = Console(width=max(Console().width, 100))
+        console = wide_console()
         with Progress(console=console, transient=True) as progress, native_stdout_to_stderr():
             report, records = optimize_and_report(
                 source, ds, out, families, calibration_samples=cfg.calibration_samples,
@@ -105,9 +106,9 @@ def print_summary(console: Console, report, records, out: Path) -> None:
         t.add_column(col, justify="left" if col in ("variant", "engine") else "right", no_wrap=True)
     for r in report.variants:
         lat, a = r.latency, r.agreement
-        t.add_row(r.variant, r.engine or "-", f"{r.size_bytes / 1024:.1f}", _f(r.top1, ".4f"),
-                  _f(a and a.top1_agreement, ".4f"), _f(lat and lat.p50_ms, ".3f"), _f(lat and lat.p99_ms, ".3f"),
-                  _f(r.peak_rss_mb, ".0f"))
+        t.add_row(r.variant, r.engine or "-", f"{r.size_bytes / 1024:.1f}", fmt(r.top1, ".4f"),
+                  fmt(a and a.top1_agreement, ".4f"), fmt(lat and lat.p50_ms, ".3f"), fmt(lat and lat.p99_ms, ".3f"),
+                  fmt(r.peak_rss_mb, ".0f"))
     console.print(t)
     for rec in records:
         if rec.status != "ok":
@@ -116,7 +117,3 @@ def print_summary(console: Console, report, records, out: Path) -> None:
         for note in r.flags + ([r.error] if r.error else []):
             console.print(f"[yellow]{r.variant}: {note}[/yellow]", soft_wrap=True)
     console.print(f"report: {out / 'report.html'} ({out / 'report.md'})  lineage: {out / 'lineage.json'}")
-
-
-def _f(v, spec: str) -> str:
-    return "-" if v is None else format(v, spec)

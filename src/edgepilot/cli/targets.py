@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from edgepilot.cli import wide_console
 from edgepilot.errors import ConfigError
 
 
@@ -39,7 +40,7 @@ def register(app: typer.Typer) -> None:
         if as_json:
             typer.echo(json.dumps(p.model_dump(), indent=2))
             return
-        console = Console(width=max(Console().width, 120))
+        console = wide_console(120)
         classes = Table(title="Hardware classes")
         for col in ("class", "examples", "compute", "memory", "power", "runtimes"):
             classes.add_column(col)
@@ -84,6 +85,6 @@ def register(app: typer.Typer) -> None:
         if as_json:
             typer.echo(sel.model_dump_json(indent=2))
         else:
-            print_selection(Console(width=max(Console().width, 120)), sel)
+            print_selection(wide_console(120), sel)
         if sel.chosen is None:
             raise typer.Exit(1)

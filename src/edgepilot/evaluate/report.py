@@ -169,7 +169,8 @@ def build_report(source: Model, ds: Dataset, results: list[VariantResult], refer
                   weight_error=overall, worst_tensors_8bit=worst)
 
 
-def _f(v, spec: str) -> str:
+def fmt(v, spec: str) -> str:
+    """A number in `spec`, or '-' where there is none."""
     return "-" if v is None else format(v, spec)
 
 
@@ -186,16 +187,17 @@ def write_report(report: Report, out: Path) -> None:
         note = "; ".join(r.flags + ([r.error] if r.error else []))
         lines.append(
             f"| {r.variant} | {r.engine or '-'} | {r.size_bytes / 1024:.1f} "
-            f"| {_f(r.top1, '.4f')} | {_f(r.top5, '.4f')} "
-            f"| {_f(a and a.top1_agreement, '.4f')} | {_f(a and a.max_abs_error, '.3g')} | {_f(a and a.cosine, '.5f')} "
-            f"| {_f(lat and lat.p50_ms, '.3f')} | {_f(lat and lat.p90_ms, '.3f')} | {_f(lat and lat.p99_ms, '.3f')} "
-            f"| {_f(lat and lat.throughput_sps, '.0f')} | {_f(r.peak_rss_mb, '.0f')} | {note} |")
+            f"| {fmt(r.top1, '.4f')} | {fmt(r.top5, '.4f')} "
+            f"| {fmt(a and a.top1_agreement, '.4f')} | {fmt(a and a.max_abs_error, '.3g')} "
+            f"| {fmt(a and a.cosine, '.5f')} "
+            f"| {fmt(lat and lat.p50_ms, '.3f')} | {fmt(lat and lat.p90_ms, '.3f')} | {fmt(lat and lat.p99_ms, '.3f')} "
+            f"| {fmt(lat and lat.throughput_sps, '.0f')} | {fmt(r.peak_rss_mb, '.0f')} | {note} |")
     if report.weight_error:
         lines += ["", "## Weight quantisation error by bit depth (symmetric, all weights)", "",
                   "| bits | scheme | MSE | max abs | SQNR dB | compression |", "|---:|---|---:|---:|---:|---:|"]
         for w in report.weight_error:
             lines.append(f"| {w['bits']} | {w['scheme']} | {w['mse']:.3g} | {w['max_abs']:.3g} | "
-                         f"{_f(w['sqnr_db'], '.1f')} | {w['compression']:g}x |")
+                         f"{fmt(w['sqnr_db'], '.1f')} | {w['compression']:g}x |")
         lines += ["", "Most sensitive tensors at 8 bits, per tensor: " + ", ".join(
             f"{t['name']} ({t['sqnr_db']:.1f} dB)" for t in report.worst_tensors_8bit)]
     (out / "report.md").write_text("\n".join(lines) + "\n")
