@@ -20,3 +20,6 @@ def built(tmp_path_factory):
         return cache[key]
 
     return get
+
+
+from brokers import mosquitto  # noqa: E402,F401  (the real-broker fixture, shared by the runtime tests)

