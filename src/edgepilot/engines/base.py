@@ -111,6 +111,7 @@ class Engine(ABC):
     package: ClassVar[str]  # the importable module that must exist
     extra: ClassVar[str]  # the edgepilot extra that installs it
     devices: ClassVar[tuple[str, ...]] = ("cpu",)
+    caches_compiled: ClassVar[bool] = False  # open() takes cache_dir= to keep compiled models between runs
 
     @classmethod
     def available(cls) -> tuple[bool, str]:

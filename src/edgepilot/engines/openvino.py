@@ -45,6 +45,8 @@ class OpenVINOEngine(Engine):
     package = "openvino"
     extra = "openvino"
     devices = ("cpu", "gpu", "npu")
+    caches_compiled = True
 
-    def open(self, model: Model, *, threads: int | None = None, device: str = "cpu") -> Session:
-        return OpenVINOSession(model, threads, device)
+    def open(self, model: Model, *, threads: int | None = None, device: str = "cpu",
+             cache_dir: str | None = None) -> Session:
+        return OpenVINOSession(model, threads, device, cache_dir)

@@ -127,11 +127,12 @@ class WebhookSink:
             if resp.status >= 300:
                 raise urllib.error.HTTPError(self.url, resp.status, "unexpected status", resp.headers, None)
 
-    def send(self, alert: Alert) -> None:
+    def send(self, alert: Alert) -> int:
+        """Spools the alert (anything with `to_json()`), then delivers what it can; returns how many still wait."""
         with self._lock:
             with self.spool.open("a", encoding="utf-8") as f:
                 f.write(alert.to_json() + "\n")
-            self._flush_locked()
+            return self._flush_locked()
 
     def flush(self) -> int:
         """Try to deliver everything spooled; returns how many are still waiting."""

@@ -1,0 +1,93 @@
+"""Load the pipeline's model once, open one warmed-up session per worker, and keep compiled artifacts in a cache
+where the runtime has one (OpenVINO's model cache; TensorRT plans built from ONNX, keyed by model, TensorRT
+version and GPU)."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from edgepilot.engines import engine_for, open_session
+from edgepilot.engines.base import Session
+from edgepilot.errors import ConfigError
+from edgepilot.evaluate.latency import synthetic_feeds
+from edgepilot.model import Format, Model
+
+log = logging.getLogger(__name__)
+
+
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str
+    engine: str | None = Field(None, description="default: the first available engine that runs the format")
+    device: str | None = Field(None, description="default: the engine's first device (cpu, or cuda for TensorRT)")
+    warmup: int = Field(3, ge=0, description="inferences run on each session before the first item")
+    cache_dir: str | None = Field("cache", description="compiled-model cache (OpenVINO, TensorRT); null: none")
+
+
+def load_model(cfg: ModelConfig) -> Model:
+    model = Model.load(cfg.path)
+    if cfg.engine == "tensorrt" and model.format == Format.ONNX:
+        model = _tensorrt_plan(model, Path(cfg.cache_dir or "cache"))
+    if len(model.inputs) != 1:
+        raise ConfigError(f"{cfg.path}: the model takes {len(model.inputs)} inputs "
+                          f"({', '.join(t.name for t in model.inputs)})",
+                          hint="pipelines run single-input models (one image or one sensor vector)")
+    return model
+
+
+def open_sessions(model: Model, cfg: ModelConfig, workers: int, threads: int) -> tuple[list[Session], float]:
+    """`workers` sessions, each warmed up; returns them and the seconds it took."""
+    t0 = time.perf_counter()
+    engine = engine_for(model, cfg.engine)
+    cache = None
+    if cfg.cache_dir and engine.caches_compiled:
+        cache = Path(cfg.cache_dir)
+        cache.mkdir(parents=True, exist_ok=True)
+        cache = str(cache)
+    sessions = [open_session(model, engine.name, threads=threads, device=cfg.device, cache_dir=cache)
+                for _ in range(workers)]
+    if cfg.warmup:
+        feeds = synthetic_feeds(sessions[0].inputs, batch=1)
+        for s in sessions:
+            for _ in range(cfg.warmup):
+                s.run(feeds)
+    return sessions, time.perf_counter() - t0
+
+
+def _tensorrt_plan(model: Model, cache: Path) -> Model:
+    """An ONNX model for TensorRT: build its plan once (fp16) and reuse it while the model, TensorRT and GPU stay
+    the same — a build takes minutes on a Jetson."""
+    from edgepilot.optional import require
+    from edgepilot.passes import get_pass
+    from edgepilot.passes.base import PassContext
+
+    trt = require("tensorrt", "tensorrt")
+    gpu = _gpu_name()
+    digest = hashlib.sha256(model.path.read_bytes()).hexdigest()[:16]
+    key = hashlib.sha256(f"{digest}|{trt.__version__}|{gpu}".encode()).hexdigest()[:16]
+    plan = cache / f"{model.path.stem}-{key}.plan"
+    if not plan.exists():
+        p = get_pass("onnx-to-tensorrt")
+        reasons = p.why_not(model, PassContext(cache / "build"))
+        if reasons:
+            raise ConfigError(f"cannot build a TensorRT plan for {model.path}: {'; '.join(reasons)}")
+        log.info("building a TensorRT plan for %s (cached as %s)", model.path.name, plan.name)
+        built = p.run(model, p.Options(), PassContext(cache / "build"))
+        shutil.move(str(built.path), plan)
+    return Model.load(plan)
+
+
+def _gpu_name() -> str:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(0))
+    except Exception:  # no NVML (a Jetson): the plan key falls back to the TensorRT version alone
+        return "unknown-gpu"

@@ -1,0 +1,260 @@
+"""The edge runtime: sources → quality → preprocess → scheduler/inference → postprocess → rules → sinks.
+
+Threads: one per source (read, check and preprocess: the "decode" threads), the scheduler's inference workers
+(post-processing runs there too), and one output thread that applies the rules and feeds the sinks in order.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from edgepilot.config import load_yaml
+from edgepilot.errors import ConfigError, EdgepilotError
+from edgepilot.runtime.item import Item
+from edgepilot.runtime.loader import ModelConfig, load_model, open_sessions
+from edgepilot.runtime.logs import LogConfig, add_json_log
+from edgepilot.runtime.postprocess import PostprocessConfig, build_postprocessor
+from edgepilot.runtime.quality import QualityChecker, QualityConfig
+from edgepilot.runtime.rules import RuleConfig, RuleEngine
+from edgepilot.runtime.scheduler import Scheduler, SchedulerConfig, plan_threads
+from edgepilot.runtime.sinks import SinkConfig, WebhookSink, WebhookSinkConfig, open_sink
+from edgepilot.runtime.sources import SourceConfig, open_source
+from edgepilot.runtime.stages import PreprocessConfig, Preprocessor
+from edgepilot.runtime.stats import PipelineStats
+
+log = logging.getLogger(__name__)
+_PATH_FIELDS = {"path", "dir", "file", "outbox", "labels_file", "cache_dir", "ca_file"}
+
+
+class PipelineConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("pipeline", pattern=r"^[A-Za-z0-9_.-]+$", description="used in MQTT topics and logs")
+    model: ModelConfig
+    sources: list[SourceConfig] = Field(min_length=1)
+    quality: QualityConfig = QualityConfig()
+    preprocess: PreprocessConfig = PreprocessConfig()
+    postprocess: PostprocessConfig = PostprocessConfig(type="classification")
+    scheduler: SchedulerConfig = SchedulerConfig()
+    rules: list[RuleConfig] = []
+    sinks: list[SinkConfig] = Field(default_factory=lambda: [{"type": "stdout"}])
+    logging: LogConfig | None = None
+    workdir: str = Field(".edgepilot", description="state kept between runs (webhook spools)")
+
+
+def load_pipeline_config(path: str | Path) -> PipelineConfig:
+    """Validated config with every relative path made relative to the YAML file's folder."""
+    path = Path(path)
+    cfg = load_yaml(path, PipelineConfig)
+    _resolve_paths(cfg, path.resolve().parent)
+    return cfg
+
+
+def _resolve_paths(node: Any, base: Path) -> None:
+    if isinstance(node, BaseModel):
+        for name in type(node).model_fields:
+            value = getattr(node, name)
+            if name in _PATH_FIELDS | {"workdir"} and isinstance(value, str) and "://" not in value \
+                    and not Path(value).is_absolute():
+                object.__setattr__(node, name, str(base / value))
+            else:
+                _resolve_paths(value, base)
+    elif isinstance(node, list):
+        for v in node:
+            _resolve_paths(v, base)
+
+
+class Pipeline:
+    def __init__(self, cfg: PipelineConfig) -> None:
+        self.cfg = cfg
+        self.stats = PipelineStats()
+        self._log_handler = add_json_log(cfg.logging) if cfg.logging else None
+        self._stop = threading.Event()
+        self._out: queue.Queue[Item | None] = queue.Queue(maxsize=cfg.scheduler.queue_size * 2)
+        self._max_items: int | None = None
+        self._submitted = 0
+        self._submit_lock = threading.Lock()
+        try:
+            self._build()
+        except BaseException:
+            self._close_all()
+            raise
+
+    def _build(self) -> None:
+        cfg = self.cfg
+        self.sources, self.sinks = [], []
+        self.model = load_model(cfg.model)
+        self.plan = plan_threads(cfg.scheduler, decode_threads=len(cfg.sources))
+        for note in self.plan.notes:
+            log.warning("scheduler: %s", note)
+        self.preprocess = Preprocessor(cfg.preprocess, self.model.inputs[0])
+        self.postprocess = build_postprocessor(cfg.postprocess, self.model.outputs, self.preprocess.input_size)
+        self.quality = QualityChecker(cfg.quality)
+        self.rules = RuleEngine(cfg.rules)
+        self.sources = [open_source(s) for s in cfg.sources]
+        ids = [s.id for s in self.sources]
+        if len(set(ids)) != len(ids):
+            raise ConfigError(f"sources need distinct ids: {ids}")
+        workdir = Path(cfg.workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        by_id = {s.id: s for s in self.sources}
+        for s in cfg.sinks:
+            self.sinks.append(open_sink(s, pipeline=cfg.name, workdir=workdir,
+                                        fps_of=lambda sid: getattr(by_id.get(sid), "fps", None)))
+        self._routed_webhooks: dict[str, WebhookSink] = {}
+        self._workdir = workdir
+        self.sessions, self.load_s = open_sessions(self.model, cfg.model, self.plan.workers, self.plan.model_threads)
+        self.scheduler = Scheduler(self.sessions, cfg.scheduler, self.stats, emit=self._out.put,
+                                   after=self.postprocess.process)
+        log.info("pipeline %s: %s on %s, %d worker(s) x %d thread(s), %d source(s), loaded in %.2f s", cfg.name,
+                 Path(cfg.model.path).name, self.sessions[0].__class__.__name__, self.plan.workers,
+                 self.plan.model_threads, len(self.sources), self.load_s)
+
+    # -- running ---------------------------------------------------------------------------------------------
+    def run(self, *, duration: float | None = None, max_items: int | None = None,
+            on_stats=None, stats_interval_s: float = 5.0) -> dict:
+        """Runs until every source ends, `duration` passes, `max_items` were taken, or stop(); returns a summary."""
+        self._max_items = max_items
+        self.stats.started = time.monotonic()  # fps counts from the first item, not from the model load
+        self.scheduler.start()
+        out = threading.Thread(target=self._output, name="output", daemon=True)
+        out.start()
+        readers = [threading.Thread(target=self._read, args=(s,), name=f"source-{s.id}", daemon=True)
+                   for s in self.sources]
+        for t in readers:
+            t.start()
+        deadline = time.monotonic() + duration if duration else None
+        next_stats = time.monotonic() + stats_interval_s
+        try:
+            while any(t.is_alive() for t in readers):
+                if deadline and time.monotonic() >= deadline:
+                    break
+                if self._stop.wait(0.1):
+                    break
+                if on_stats and time.monotonic() >= next_stats:
+                    on_stats(self.stats.snapshot())
+                    next_stats += stats_interval_s
+        finally:
+            self._stop.set()
+            for s in self.sources:
+                s.stop()
+            for t in readers:
+                t.join(5)
+            self.scheduler.close(timeout=30)
+            self._out.put(None)
+            out.join(60)
+            self._close_all()
+        return self.summary()
+
+    def stop(self) -> None:
+        """Thread- and signal-safe: ends run() after what is in flight has gone through."""
+        self._stop.set()
+
+    def _read(self, source) -> None:
+        try:
+            for item in source:
+                if self._stop.is_set():
+                    break
+                if not self._take_one():
+                    self._stop.set()
+                    break
+                self.stats.count("received", item.source)
+                self._submit(item)
+        except EdgepilotError as e:
+            log.error("source %s stopped: %s", source.id, e)
+            self.stats.count("source_errors", source.id)
+        except Exception:
+            log.exception("source %s failed", source.id)
+            self.stats.count("source_errors", source.id)
+
+    def _take_one(self) -> bool:
+        with self._submit_lock:
+            if self._max_items is not None and self._submitted >= self._max_items:
+                return False
+            self._submitted += 1
+            return True
+
+    def _submit(self, item: Item) -> None:
+        t0 = time.perf_counter()
+        checked = self.quality.process(item)
+        if checked is None:
+            self.stats.count("skipped_quality", item.source)
+            return
+        try:
+            item = self.preprocess.process(checked)
+        except Exception as e:  # an odd frame never stops its source
+            item.error = f"preprocess failed: {e}"
+        dt = time.perf_counter() - t0
+        item.timings["preprocess"] = dt
+        self.stats.stage("preprocess", dt)
+        self.scheduler.submit(item)
+
+    def _output(self) -> None:
+        while True:
+            item = self._out.get()
+            if item is None:
+                return
+            try:
+                self._deliver(item)
+            except Exception:  # the output thread must outlive any one item
+                log.exception("output stage failed on %s #%d", item.source, item.seq)
+                self.stats.count("errors", item.source)
+
+    def _deliver(self, item: Item) -> None:
+        if item.error:
+            self.stats.count("errors", item.source)
+            log.warning("%s #%d: %s", item.source, item.seq, item.error)
+        t0 = time.perf_counter()
+        self.rules.process(item)
+        dt = time.perf_counter() - t0
+        self.stats.stage("rules", dt)
+        if item.events:
+            self.stats.count("events", item.source, len(item.events))
+        t0 = time.perf_counter()
+        for sink in [*self.sinks, *self._webhooks_for(item)]:
+            try:
+                sink.write(item)
+            except Exception as e:
+                self.stats.count(f"sink_errors.{sink.name}")
+                log.warning("sink %s failed on %s #%d: %s", sink.name, item.source, item.seq, e)
+        self.stats.stage("sinks", time.perf_counter() - t0)
+        self.stats.completed()
+
+    def _webhooks_for(self, item: Item) -> list[WebhookSink]:
+        """Webhooks named by rule actions, made on first use (each with its own spool and retry thread)."""
+        for url in {u for e in item.events for u in e.webhooks}:
+            if url not in self._routed_webhooks:
+                self._routed_webhooks[url] = WebhookSink(WebhookSinkConfig(type="webhook", url=url), self._workdir,
+                                                         only_routed=True)
+        return list(self._routed_webhooks.values())
+
+    def _close_all(self) -> None:
+        for sink in [*getattr(self, "sinks", []), *getattr(self, "_routed_webhooks", {}).values()]:
+            try:
+                sink.close()
+            except Exception as e:
+                log.warning("closing sink %s: %s", sink.name, e)
+        for s in getattr(self, "sessions", []):
+            s.close()
+        if self._log_handler is not None:
+            logging.getLogger("edgepilot").removeHandler(self._log_handler)
+            self._log_handler.close()
+            self._log_handler = None
+
+    def summary(self) -> dict:
+        snap = self.stats.snapshot()
+        snap["sources_detail"] = {s.id: s.stats() for s in self.sources}
+        snap["quality"] = self.quality.stats()
+        snap["rules"] = self.rules.stats()
+        snap["threads"] = {"cores": self.plan.cores, "decode": self.plan.decode_threads,
+                           "workers": self.plan.workers, "model_threads": self.plan.model_threads}
+        outbox = next((s.outbox for s in self.sinks if hasattr(s, "outbox")), None)
+        if outbox is not None:
+            snap["outbox"] = outbox.stats()
+        return snap

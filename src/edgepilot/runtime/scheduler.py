@@ -1,0 +1,228 @@
+"""Inference scheduler: a bounded queue, dynamic batching and worker threads sized so the cores are not oversubscribed.
+
+Live items (camera, stream, MQTT) displace the oldest live item when the queue is full — a late frame is worth less
+than a fresh one; file items wait for room instead (back-pressure), so no frame of a video is lost. Workers take
+batches in queue order and results leave in that same order, whatever worker finished first.
+"""
+from __future__ import annotations
+
+import heapq
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from edgepilot.engines.base import Session
+from edgepilot.runtime.item import Item
+from edgepilot.runtime.stats import PipelineStats
+
+log = logging.getLogger(__name__)
+
+
+class SchedulerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch: int = Field(1, ge=1, description="largest batch one inference takes (capped by a fixed model batch)")
+    max_delay_ms: float = Field(2.0, ge=0, description="how long a partial batch waits for more items")
+    queue_size: int = Field(8, ge=1, description="items waiting for inference")
+    workers: int | Literal["auto"] = Field("auto", description="inference threads, one session each")
+    model_threads: int | Literal["auto"] = Field("auto", description="threads inside each session")
+
+
+@dataclass(frozen=True)
+class ThreadPlan:
+    cores: int
+    decode_threads: int
+    workers: int
+    model_threads: int
+    notes: tuple[str, ...] = ()
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def plan_threads(cfg: SchedulerConfig, decode_threads: int, cores: int | None = None) -> ThreadPlan:
+    """workers x model_threads + decode threads <= cores (at least one of each). Explicit settings that would
+    oversubscribe are reduced, with a note saying so."""
+    cores = cores or available_cores()
+    budget = max(1, cores - decode_threads)
+    notes = []
+    workers = 1 if cfg.workers == "auto" else cfg.workers
+    threads = max(1, budget // workers) if cfg.model_threads == "auto" else cfg.model_threads
+    if workers * threads > budget:
+        notes.append(f"{workers} worker(s) x {threads} thread(s) + {decode_threads} decode thread(s) would exceed "
+                     f"{cores} core(s)")
+        workers = min(workers, budget)
+        threads = max(1, budget // workers)
+        notes.append(f"using {workers} worker(s) x {threads} thread(s)")
+    return ThreadPlan(cores, decode_threads, workers, threads, tuple(notes))
+
+
+class ItemQueue:
+    def __init__(self, size: int, stats: PipelineStats) -> None:
+        self._items: deque[Item] = deque()
+        self._size = size
+        self._cond = threading.Condition()
+        self._closed = False
+        self.stats = stats
+
+    def put(self, item: Item) -> None:
+        with self._cond:
+            while len(self._items) >= self._size and not self._closed:
+                if item.live and self._drop_oldest_live():
+                    break
+                self._cond.wait(0.5)
+            if self._closed:
+                return
+            self._items.append(item)
+            self.stats.set_queue_depth(len(self._items))
+            self._cond.notify_all()
+
+    def _drop_oldest_live(self) -> bool:
+        for i, old in enumerate(self._items):
+            if old.live:
+                del self._items[i]
+                self.stats.count("dropped", old.source)
+                return True
+        return False  # only file items queued: the live item waits like they do
+
+    def take(self, max_batch: int, max_delay_s: float) -> list[Item] | None:
+        """Up to max_batch items: waits for the first, then at most max_delay_s for the rest. None when closed
+        and empty."""
+        with self._cond:
+            while not self._items:
+                if self._closed:
+                    return None
+                self._cond.wait(0.5)
+            batch = [self._items.popleft()]
+            deadline = time.monotonic() + max_delay_s
+            while len(batch) < max_batch:
+                if self._items:
+                    batch.append(self._items.popleft())
+                    continue
+                left = deadline - time.monotonic()
+                if left <= 0 or self._closed:
+                    break
+                self._cond.wait(left)
+            self.stats.set_queue_depth(len(self._items))
+            self._cond.notify_all()
+            return batch
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class Scheduler:
+    """Runs batches on one session per worker; `after` (post-processing) runs on the worker; `emit` receives each
+    item in queue order."""
+
+    def __init__(self, sessions: list[Session], cfg: SchedulerConfig, stats: PipelineStats,
+                 emit: Callable[[Item], None], after: Callable[[Item], Item] | None = None) -> None:
+        self.sessions, self.cfg, self.stats = sessions, cfg, stats
+        self.emit, self.after = emit, after
+        spec = sessions[0].inputs[0]
+        self.input_name = spec.name
+        fixed = spec.shape[0] if spec.shape and isinstance(spec.shape[0], int) and spec.shape[0] > 0 else None
+        self.fixed_batch = fixed
+        self.max_batch = min(cfg.max_batch, fixed) if fixed else cfg.max_batch
+        self.queue = ItemQueue(cfg.queue_size, stats)
+        self._take_lock = threading.Lock()
+        self._ticket = 0
+        self._next_out = 0
+        self._ready: list[tuple[int, int, Item]] = []
+        self._out_lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._work, args=(s,), name=f"infer-{i}", daemon=True)
+                         for i, s in enumerate(sessions)]
+
+    def start(self) -> None:
+        for t in self._threads:
+            t.start()
+
+    def submit(self, item: Item) -> None:
+        self.queue.put(item)
+
+    def close(self, timeout: float | None = None) -> None:
+        """No more items: finish what is queued, then stop the workers."""
+        self.queue.close()
+        for t in self._threads:
+            t.join(timeout)
+
+    def _work(self, session: Session) -> None:
+        while True:
+            with self._take_lock:  # tickets follow queue order
+                batch = self.queue.take(self.max_batch, self.cfg.max_delay_ms / 1e3)
+                if batch is None:
+                    return
+                first = self._ticket
+                self._ticket += len(batch)
+            self._infer(session, batch)
+            if self.after is not None:
+                batch = [self._after(it) for it in batch]
+            self._release(first, batch)
+
+    def _infer(self, session: Session, batch: list[Item]) -> None:
+        ready = [it for it in batch if it.error is None and it.tensor is not None]
+        for it in batch:
+            if it not in ready and it.error is None:
+                it.error = "not preprocessed"
+        if not ready:
+            return
+        x = np.stack([it.tensor for it in ready])
+        n = len(ready)
+        if self.fixed_batch and n < self.fixed_batch:  # a fixed-batch model takes exactly its batch: pad with zeros
+            x = np.concatenate([x, np.zeros((self.fixed_batch - n,) + x.shape[1:], x.dtype)])
+        t0 = time.perf_counter()
+        try:
+            outputs = session.run({self.input_name: x})
+        except Exception as e:  # one bad batch never stops the pipeline
+            dt = time.perf_counter() - t0
+            self.stats.inference(dt, n, ok=False)
+            self.stats.count("errors", n=n)
+            log.warning("inference failed for %d item(s): %s", n, e)
+            for it in ready:
+                it.error = f"inference failed: {e}"
+            return
+        dt = time.perf_counter() - t0
+        self.stats.inference(dt, n)
+        for i, it in enumerate(ready):
+            it.outputs = {k: v[i] for k, v in outputs.items()}
+            it.timings["infer"] = dt / n
+
+    def _after(self, item: Item) -> Item:
+        if item.error is not None:
+            return item
+        t0 = time.perf_counter()
+        try:
+            item = self.after(item)
+        except Exception as e:
+            log.warning("post-processing failed on %s #%d: %s", item.source, item.seq, e)
+            item.error = f"post-processing failed: {e}"
+        dt = time.perf_counter() - t0
+        item.timings["postprocess"] = dt
+        self.stats.stage("postprocess", dt)
+        return item
+
+    def _release(self, first: int, batch: list[Item]) -> None:
+        with self._out_lock:
+            for i, it in enumerate(batch):
+                heapq.heappush(self._ready, (first + i, id(it), it))
+            while self._ready and self._ready[0][0] == self._next_out:
+                _, _, it = heapq.heappop(self._ready)
+                self._next_out += 1
+                self.emit(it)

@@ -1,0 +1,181 @@
+"""Preprocessing: a frame (or sensor values) to the model's input tensor, with what is needed to map results back.
+
+Everything that can be read off the model is: input size, layout (NHWC/NCHW), channels, dtype, and the scale/zero
+point of int8/uint8 inputs. What cannot (the value range the model was trained on, colour order, letterbox vs
+stretch) is configured, with defaults that suit most image models (RGB, 0..1, stretch).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from edgepilot.engines.base import quantize
+from edgepilot.errors import ConfigError
+from edgepilot.model import TensorSpec
+from edgepilot.runtime.item import FrameTransform, Item
+
+log = logging.getLogger(__name__)
+
+_RANGES = {  # name -> (mean, std) applied to 0..255 pixels
+    "0-1": ([0.0], [255.0]),
+    "-1-1": ([127.5], [127.5]),
+    "0-255": ([0.0], [1.0]),
+    "imagenet": ([123.675, 116.28, 103.53], [58.395, 57.12, 57.375]),
+}
+
+
+class PreprocessConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    resize: Literal["stretch", "letterbox", "crop"] = Field(
+        "stretch", description="stretch to the input size; letterbox keeps the aspect ratio and pads; crop takes the "
+                               "centre at the input's aspect ratio")
+    color: Literal["rgb", "bgr", "gray"] = Field("rgb", description="channel order the model was trained on")
+    normalize: Literal["0-1", "-1-1", "0-255", "imagenet"] = Field(
+        "0-1", description="value range of float inputs (and of the float values quantised for int8/uint8 inputs)")
+    mean: list[float] | None = Field(None, description="per-channel mean on 0..255 pixels; overrides normalize")
+    std: list[float] | None = Field(None, description="per-channel std on 0..255 pixels; overrides normalize")
+    layout: Literal["auto", "nhwc", "nchw"] = Field("auto", description="auto: read from the input shape")
+    size: tuple[int, int] | None = Field(None, description="width, height when the model's input size is dynamic")
+    pad_value: int = Field(0, ge=0, le=255, description="letterbox padding (114 for YOLO models)")
+    fields: list[str] | None = Field(None, description="sensor value names, in the order of the model's input "
+                                                        "vector (sensor sources only)")
+
+    @model_validator(mode="after")
+    def _mean_std_together(self) -> PreprocessConfig:
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("give both mean and std, or neither")
+        if self.std is not None and any(s == 0 for s in self.std):
+            raise ValueError("std must not contain 0")
+        return self
+
+
+class Preprocessor:
+    """`process(item)` sets item.tensor (no batch axis) and item.transform; an item it cannot use gets item.error."""
+
+    def __init__(self, cfg: PreprocessConfig, spec: TensorSpec) -> None:
+        self.cfg, self.spec = cfg, spec
+        if spec.shape is None:
+            raise ConfigError(f"model input {spec.name!r} has an unknown rank", hint="use a model with a known shape")
+        self.vector = len(spec.shape) == 2
+        if self.vector:
+            self._plan_vector()
+        else:
+            self._plan_image()
+        self.dtype = spec.np_dtype
+        self.quantized = spec.quantization is not None and self.dtype.kind in "iu"
+        if self.dtype.kind not in "fiu":
+            raise ConfigError(f"model input {spec.name!r} is {spec.dtype}: not an image or a vector")
+
+    def _plan_vector(self) -> None:
+        n = self.spec.shape[1]
+        if not self.cfg.fields:
+            raise ConfigError(f"model input {self.spec.name!r} is a vector {self.spec.shape_str()}",
+                              hint="list the sensor values it takes in preprocess.fields")
+        if isinstance(n, int) and n > 0 and n != len(self.cfg.fields):
+            raise ConfigError(f"preprocess.fields names {len(self.cfg.fields)} values but the model takes {n}")
+
+    def _plan_image(self) -> None:
+        shape = self.spec.shape
+        if len(shape) != 4:
+            raise ConfigError(f"model input {self.spec.name!r} has shape {self.spec.shape_str()}",
+                              hint="pipelines take image models [N,H,W,C] / [N,C,H,W] or vector models [N,F]")
+        layout = self.cfg.layout
+        if layout == "auto":
+            layout = "nhwc" if shape[3] in (1, 3, 4) else "nchw" if shape[1] in (1, 3, 4) else None
+            if layout is None:
+                raise ConfigError(f"cannot tell the layout of input {self.spec.name!r} {self.spec.shape_str()}",
+                                  hint="set preprocess.layout to nhwc or nchw")
+        self.layout = layout
+        h, w, c = (shape[1], shape[2], shape[3]) if layout == "nhwc" else (shape[2], shape[3], shape[1])
+        if not (isinstance(h, int) and h > 0 and isinstance(w, int) and w > 0):
+            if self.cfg.size is None:
+                raise ConfigError(f"model input {self.spec.name!r} {self.spec.shape_str()} has a dynamic size",
+                                  hint="set preprocess.size: [width, height]")
+            w, h = self.cfg.size
+        elif self.cfg.size is not None and tuple(self.cfg.size) != (w, h):
+            raise ConfigError(f"preprocess.size {list(self.cfg.size)} differs from the model's input {w}x{h}")
+        self.width, self.height = int(w), int(h)
+        self.channels = c if isinstance(c, int) and c > 0 else (1 if self.cfg.color == "gray" else 3)
+        if self.channels == 1 and self.cfg.color != "gray":
+            log.info("model input %s has one channel: frames are converted to gray", self.spec.name)
+        mean, std = (self.cfg.mean, self.cfg.std) if self.cfg.mean is not None else _RANGES[self.cfg.normalize]
+        k = self.channels
+        self.mean = np.resize(np.asarray(mean, np.float32), k)
+        self.std = np.resize(np.asarray(std, np.float32), k)
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return (self.width, self.height) if not self.vector else (0, 0)
+
+    def process(self, item: Item) -> Item:
+        if self.vector:
+            return self._vector(item)
+        if item.frame is None:
+            item.error = "no frame: this model takes images"
+            return item
+        import cv2
+
+        frame = item.frame
+        fh, fw = frame.shape[:2]
+        img, transform = _resize(frame, self.width, self.height, self.cfg.resize, self.cfg.pad_value)
+        if self.channels == 1 or self.cfg.color == "gray":
+            img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)[..., None] if img.ndim == 3 else img[..., None]
+            if self.channels == 3:
+                img = np.repeat(img, 3, axis=2)
+        elif self.cfg.color == "rgb":
+            img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        x = (img.astype(np.float32) - self.mean) / self.std
+        if self.layout == "nchw":
+            x = x.transpose(2, 0, 1)
+        item.tensor = self._cast(np.ascontiguousarray(x))
+        item.transform = FrameTransform(*transform, frame_w=fw, frame_h=fh, input_w=self.width, input_h=self.height)
+        return item
+
+    def _vector(self, item: Item) -> Item:
+        values = item.values or {}
+        missing = [f for f in self.cfg.fields if f not in values]
+        if missing:
+            item.error = f"sensor values lack {', '.join(missing)}"
+            return item
+        item.tensor = self._cast(np.asarray([values[f] for f in self.cfg.fields], np.float32))
+        return item
+
+    def _cast(self, x: np.ndarray) -> np.ndarray:
+        if self.quantized:  # the model's own scale and zero point, so int8 models see what they were calibrated on
+            return quantize(x, self.spec)
+        if self.dtype.kind in "iu":  # an unquantised integer input (a uint8 image model) takes raw pixels
+            return np.clip(np.round(x * self.std + self.mean), *_limits(self.dtype)).astype(self.dtype)
+        return x.astype(self.dtype, copy=False)
+
+
+def _limits(dtype: np.dtype) -> tuple[int, int]:
+    info = np.iinfo(dtype)
+    return int(info.min), int(info.max)
+
+
+def _resize(frame: np.ndarray, w: int, h: int, mode: str, pad: int):
+    """The resized frame and (scale_x, scale_y, pad_x, pad_y) mapping frame pixels into it."""
+    import cv2
+
+    fh, fw = frame.shape[:2]
+    if mode == "stretch":
+        sx, sy = w / fw, h / fh
+        return cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA if sx < 1 else cv2.INTER_LINEAR), (sx, sy, 0, 0)
+    if mode == "letterbox":
+        s = min(w / fw, h / fh)
+        nw, nh = max(1, round(fw * s)), max(1, round(fh * s))
+        px, py = (w - nw) // 2, (h - nh) // 2
+        small = cv2.resize(frame, (nw, nh), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+        out = np.full((h, w) + frame.shape[2:], pad, dtype=frame.dtype)
+        out[py:py + nh, px:px + nw] = small
+        return out, (s, s, px, py)
+    # crop: scale so the input is covered, then take the centre
+    s = max(w / fw, h / fh)
+    nw, nh = max(w, round(fw * s)), max(h, round(fh * s))
+    big = cv2.resize(frame, (nw, nh), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+    ox, oy = (nw - w) // 2, (nh - h) // 2
+    return big[oy:oy + h, ox:ox + w], (s, s, -ox, -oy)

@@ -1,0 +1,107 @@
+"""The inference scheduler on a real ONNX Runtime session: batching, order, drop-oldest, back-pressure, thread plan."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from edgepilot.engines import open_session
+from edgepilot.model import Format, Model
+from edgepilot.runtime.item import Item
+from edgepilot.runtime.scheduler import ItemQueue, Scheduler, SchedulerConfig, plan_threads
+from edgepilot.runtime.stats import PipelineStats
+
+
+@pytest.fixture(scope="module")
+def cnn(tmp_path_factory):
+    from builders import build
+
+    return Model.load(build(Format.ONNX, "cnn", tmp_path_factory.mktemp("cnn")).path)  # [N,3,32,32] -> [N,10]
+
+
+def items(n: int, live: bool = False, source: str = "s") -> list[Item]:
+    rng = np.random.default_rng(0)
+    return [Item(source, i, time.time(), live=live, tensor=rng.standard_normal((3, 32, 32)).astype(np.float32))
+            for i in range(n)]
+
+
+def run_all(model, cfg: SchedulerConfig, work: list[Item], workers: int = 1) -> tuple[list[Item], PipelineStats]:
+    stats = PipelineStats()
+    out: list[Item] = []
+    sched = Scheduler([open_session(model, "onnxruntime", threads=1) for _ in range(workers)], cfg, stats, out.append)
+    sched.start()
+    for it in work:
+        sched.submit(it)
+    sched.close(timeout=30)
+    return out, stats
+
+
+def test_batches_give_the_same_outputs_as_single_runs_and_keep_order(cnn):
+    work = items(23)
+    single, _ = run_all(cnn, SchedulerConfig(max_batch=1), [Item(i.source, i.seq, i.ts, tensor=i.tensor) for i in work])
+    batched, stats = run_all(cnn, SchedulerConfig(max_batch=8, max_delay_ms=50, queue_size=32), work, workers=2)
+    assert [it.seq for it in batched] == list(range(23))  # two workers, results still in queue order
+    for a, b in zip(single, batched):
+        np.testing.assert_allclose(a.outputs["output"], b.outputs["output"], rtol=1e-4, atol=1e-5)
+    assert stats.counters["inferred"] == 23 and stats.counters["batches"] < 23  # items were batched
+    assert stats.counters.get("dropped", 0) == 0
+
+
+def test_file_items_wait_for_room_live_items_drop_the_oldest():
+    stats = PipelineStats()
+    q = ItemQueue(2, stats)
+    a, b, c = items(3, live=True)
+    for it in (a, b, c):
+        q.put(it)  # the third displaces the first
+    assert [it.seq for it in q.take(4, 0)] == [1, 2] and stats.counters["dropped"] == 1
+
+    f1, f2, f3 = items(3, live=False, source="file")
+    q.put(f1), q.put(f2)
+    done = threading.Event()
+    threading.Thread(target=lambda: (q.put(f3), done.set()), daemon=True).start()
+    assert not done.wait(0.3)  # back-pressure: blocked while the queue is full
+    assert [it.seq for it in q.take(1, 0)] == [0]
+    assert done.wait(2) and [it.seq for it in q.take(4, 0)] == [1, 2]
+    assert stats.counters["dropped"] == 1  # no file item was dropped
+
+
+def test_a_failing_batch_marks_its_items_and_the_scheduler_goes_on(cnn):
+    work = items(4)
+    work[1].tensor = np.zeros((3, 31, 32), np.float32)  # wrong shape: the batch cannot stack
+    work[2].error = "preprocess failed: test"
+    out, stats = run_all(cnn, SchedulerConfig(max_batch=1), work)
+    assert [it.seq for it in out] == [0, 1, 2, 3]
+    assert out[0].outputs is not None and out[3].outputs is not None
+    assert "inference failed" in out[1].error and out[2].error == "preprocess failed: test"
+    assert stats.counters["errors"] == 1
+
+
+def test_fixed_batch_model_is_padded(tmp_path):
+    from edgepilot.model import TensorSpec
+
+    class Fixed:  # only the input spec matters to the scheduler's batch planning
+        inputs = [TensorSpec("x", "float32", (4, 2))]
+
+        def run(self, feeds):
+            x = feeds["x"]
+            assert x.shape == (4, 2)
+            return {"y": x * 2}
+
+    out = []
+    sched = Scheduler([Fixed()], SchedulerConfig(max_batch=8, max_delay_ms=20), PipelineStats(), out.append)
+    sched.start()
+    for i in range(3):
+        sched.submit(Item("s", i, 0.0, tensor=np.full(2, i, np.float32)))
+    sched.close(timeout=5)
+    assert [o.outputs["y"].tolist() for o in out] == [[0, 0], [2, 2], [4, 4]]
+
+
+def test_thread_plan_never_oversubscribes():
+    p = plan_threads(SchedulerConfig(), decode_threads=1, cores=2)
+    assert (p.workers, p.model_threads) == (1, 1) and not p.notes
+    p = plan_threads(SchedulerConfig(), decode_threads=2, cores=8)
+    assert p.workers * p.model_threads + 2 <= 8 and p.model_threads == 6
+    p = plan_threads(SchedulerConfig(workers=4, model_threads=4), decode_threads=1, cores=4)
+    assert p.workers * p.model_threads <= 3 and p.notes

@@ -1,0 +1,83 @@
+"""Preprocessing: sizes, layouts, colour, ranges and int8 quantisation read off the model; boxes map back."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgepilot.errors import ConfigError
+from edgepilot.model import Quantization, TensorSpec
+from edgepilot.runtime.item import Item
+from edgepilot.runtime.stages import PreprocessConfig, Preprocessor
+
+
+def frame(w=640, h=480) -> np.ndarray:
+    f = np.zeros((h, w, 3), np.uint8)
+    f[..., 0] = 10  # B
+    f[..., 2] = 250  # R
+    return f
+
+
+def run(spec: TensorSpec, **cfg) -> Item:
+    return Preprocessor(PreprocessConfig(**cfg), spec).process(Item("cam", 0, 0.0, frame=frame()))
+
+
+def test_nhwc_float_rgb_0_1_stretch():
+    it = run(TensorSpec("x", "float32", (1, 96, 128, 3)))
+    assert it.tensor.shape == (96, 128, 3) and it.tensor.dtype == np.float32
+    assert it.tensor[0, 0, 0] == pytest.approx(250 / 255) and it.tensor[0, 0, 2] == pytest.approx(10 / 255)
+    t = it.transform
+    assert (t.scale_x, t.scale_y, t.pad_x, t.pad_y) == (pytest.approx(0.2), pytest.approx(0.2), 0, 0)
+
+
+def test_nchw_bgr_imagenet_and_dynamic_size_needs_size():
+    spec = TensorSpec("x", "float32", ("N", 3, "H", "W"))
+    with pytest.raises(ConfigError, match="dynamic size"):
+        Preprocessor(PreprocessConfig(), spec)
+    it = run(spec, size=(64, 48), color="bgr", normalize="imagenet")
+    assert it.tensor.shape == (3, 48, 64)
+    assert it.tensor[0, 0, 0] == pytest.approx((10 - 123.675) / 58.395, rel=1e-5)
+
+
+def test_letterbox_maps_boxes_back_to_the_frame():
+    it = run(TensorSpec("x", "float32", (1, 128, 128, 3)), resize="letterbox", pad_value=114, normalize="0-255")
+    t = it.transform
+    assert t.scale_x == t.scale_y == pytest.approx(0.2) and (t.pad_x, t.pad_y) == (0, 16)
+    assert it.tensor[0, 0, 0] == 114 and it.tensor[64, 64, 0] == 250  # padding above, the frame in the middle
+    box = t.to_frame(np.array([[0, 16, 128, 112]]))[0]
+    assert box == pytest.approx([0, 0, 640, 480])
+
+
+def test_int8_input_is_quantised_with_the_models_scale_and_zero_point():
+    spec = TensorSpec("x", "int8", (1, 8, 8, 1), Quantization((1 / 255,), (-128,)))
+    it = run(spec, color="gray")
+    gray = round(0.299 * 250 + 0.587 * 0 + 0.114 * 10)  # OpenCV's BGR -> gray weights
+    assert it.tensor.dtype == np.int8 and it.tensor.shape == (8, 8, 1)
+    assert int(it.tensor[0, 0, 0]) == pytest.approx(gray - 128, abs=1)
+
+
+def test_uint8_unquantised_input_takes_raw_pixels():
+    it = run(TensorSpec("x", "uint8", (1, 4, 4, 3)))
+    assert it.tensor.dtype == np.uint8 and tuple(it.tensor[0, 0]) == (250, 0, 10)
+
+
+def test_sensor_vector_in_the_configured_order():
+    pre = Preprocessor(PreprocessConfig(fields=["b", "a"]), TensorSpec("x", "float32", (1, 2)))
+    it = pre.process(Item("s", 0, 0.0, values={"a": 1.0, "b": 2.0}))
+    assert it.tensor.tolist() == [2.0, 1.0]
+    bad = pre.process(Item("s", 1, 0.0, values={"a": 1.0}))
+    assert bad.tensor is None and "lack b" in bad.error
+    with pytest.raises(ConfigError, match="preprocess.fields"):
+        Preprocessor(PreprocessConfig(), TensorSpec("x", "float32", (1, 2)))
+
+
+def test_an_image_model_given_sensor_values_marks_the_item_not_the_pipeline():
+    pre = Preprocessor(PreprocessConfig(), TensorSpec("x", "float32", (1, 8, 8, 3)))
+    it = pre.process(Item("s", 0, 0.0, values={"t": 1.0}))
+    assert it.error and it.tensor is None
+
+
+def test_config_checks():
+    with pytest.raises(ValueError, match="both mean and std"):
+        PreprocessConfig(mean=[0.0])
+    with pytest.raises(ConfigError, match="layout"):
+        Preprocessor(PreprocessConfig(), TensorSpec("x", "float32", (1, 7, 7, 7)))
