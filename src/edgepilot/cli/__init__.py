@@ -23,8 +23,10 @@ def _register() -> None:
 
 def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
-    logging.basicConfig(level=os.environ.get("EDGEPILOT_LOG", "WARNING").upper(),
-                        format="%(levelname)s %(name)s: %(message)s")
+    level = os.environ.get("EDGEPILOT_LOG", "WARNING").upper()
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.root.handlers:  # a JSON log file may take INFO; the terminal stays at `level`
+        handler.setLevel(level)
     _register()
     try:
         app()

@@ -1,4 +1,4 @@
-"""Draw results on a frame: boxes with labels and scores, keypoints, the top class, quality flags, live fps."""
+"""Draw results on a frame: boxes with labels and scores, keypoints, the top class, quality flags, rule states."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +9,7 @@ _PALETTE = [(56, 56, 255), (151, 157, 255), (31, 112, 255), (29, 178, 255), (49,
             (23, 204, 146), (134, 219, 61), (52, 147, 26), (187, 212, 0), (168, 153, 44), (255, 194, 0)]
 
 
-def annotate(item: Item, fps: float | None = None) -> np.ndarray:
+def annotate(item: Item) -> np.ndarray:
     """A copy of item.frame (BGR) with everything the pipeline found drawn on it."""
     import cv2
 
@@ -30,8 +30,6 @@ def annotate(item: Item, fps: float | None = None) -> np.ndarray:
         _, label, score = r.classes[0]
         _label(img, f"{label} {score:.2f}", (0, 0), _PALETTE[0], font, thick, inside=True)
     lines = [f"{item.source} #{item.seq}"]
-    if fps is not None:
-        lines.append(f"{fps:.1f} fps")
     flags = item.meta.get("quality")
     if flags:
         lines.append("quality: " + ",".join(flags))
