@@ -15,6 +15,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	$(VENV)/bin/edgepilot demo
+	$(VENV)/bin/edgepilot demo faces
 
 test: setup
 	$(VENV)/bin/pytest -q

@@ -161,6 +161,59 @@ def test_digit_classification_rule_raises_then_clears_an_alert(tmp_path, digits_
     assert events[0]["message"].startswith("7 seen") and events[0]["severity"] == "warning"
 
 
+def test_killed_edgepilot_loses_no_accepted_event(tmp_path, digits_model):
+    """`edgepilot run` with its broker down is SIGKILLed; every event it had accepted (its JSONL sink runs after the
+    MQTT sink, so a logged event is already in the outbox) arrives once the broker is up and edgepilot restarts."""
+    import cv2
+
+    from brokers import Mosquitto
+
+    model, images, confident = digits_model
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(20):  # 7, 1, 7, 1 ...: with 1-frame debounce and clear, every frame raises or clears the alert
+        digit = 7 if i % 2 == 0 else 1
+        img = np.clip(images[confident[digit][i]] * 255 / 16, 0, 255).astype(np.uint8)
+        cv2.imwrite(str(frames / f"{i:03d}.png"), img)
+    broker = Mosquitto(tmp_path)  # a port, but no broker yet
+    cfg = {
+        "name": "belt", "model": {"path": str(model)},
+        "sources": [{"type": "folder", "id": "belt", "path": "frames", "watch": True, "poll_s": 0.2}],
+        "preprocess": {"color": "gray"},
+        "postprocess": {"type": "classification", "labels": [str(i) for i in range(10)]},
+        "rules": [{"name": "sevens", "when": {"label": 7, "min_confidence": 0.6}, "actions": ["alert"]}],
+        "sinks": [{"type": "mqtt", "mqtt": {"host": "127.0.0.1", "port": broker.port}, "outbox": "outbox.db"},
+                  {"type": "jsonl", "path": "events.jsonl", "what": "events"}],
+    }
+    config = write_config(tmp_path / "belt.yaml", cfg)
+    proc = subprocess.Popen([*EXE, "run", str(config)], stderr=subprocess.PIPE, text=True)
+    events = tmp_path / "events.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (events.exists() and len(events.read_text().splitlines()) >= 20):
+        time.sleep(0.1)
+    proc.kill()
+    proc.wait()
+    accepted = [json.loads(ln)["event_id"] for ln in events.read_text().splitlines()]
+    assert len(accepted) >= 20
+
+    broker.start()
+    try:
+        sub = Subscriber(broker.port, "edgepilot/belt/events")
+        cfg["sources"][0]["path"] = "empty"  # the restart has nothing new to read: only the outbox's backlog
+        (tmp_path / "empty").mkdir()
+        write_config(config, cfg)
+        rerun = edgepilot("run", str(config), "--duration", "3")
+        assert rerun.returncode == 0, rerun.stderr
+        got = sub.wait_for(lambda m: {b["event_id"] for _, b in m} >= set(accepted), timeout=20)
+        sub.close()
+    finally:
+        broker.stop()
+    ids = [b["event_id"] for _, b in got]
+    assert set(ids) >= set(accepted)
+    first_seen = list(dict.fromkeys(ids))
+    assert first_seen[:len(accepted)] == accepted  # in the order they were accepted
+
+
 def sensor_model(path: Path) -> Path:
     """A real ONNX model over two sensor values: y = [temperature, humidity] @ W (a linear score)."""
     import onnx
@@ -246,6 +299,25 @@ def test_bad_input_gets_one_clear_line(tmp_path, face_video):
 
     proc = edgepilot("run", str(write_config(tmp_path / "ok.yaml", pipeline_config(tmp_path, video))), "--check")
     assert proc.returncode == 0 and "valid" in proc.stdout
+
+
+def test_the_runtime_runs_without_tensorflow_or_pytorch(tmp_path, face_video):
+    """A device installs no TensorFlow and no PyTorch: block both imports and run the faces pipeline."""
+    from edgepilot.demo_faces import pipeline_config
+
+    video, truth = face_video
+    config = write_config(tmp_path / "p.yaml", pipeline_config(tmp_path, video))
+    blocker = ("import sys, importlib.abc\n"
+               "class Block(importlib.abc.MetaPathFinder):\n"
+               "    def find_spec(self, name, path=None, target=None):\n"
+               "        if name.split('.')[0] in ('tensorflow', 'torch', 'keras', 'tf_keras'):\n"
+               "            raise ImportError(f'{name} is blocked: a device has no TensorFlow or PyTorch')\n"
+               "sys.meta_path.insert(0, Block())\n"
+               "from edgepilot.cli import main; main()\n")
+    proc = subprocess.run([sys.executable, "-c", blocker, "run", str(config), "--json"], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["counters"]["completed"] == len(truth)
 
 
 def test_config_paths_are_relative_to_the_file(tmp_path):

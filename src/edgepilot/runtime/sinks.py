@@ -47,6 +47,8 @@ class MqttSinkConfig(_Base):
     results: bool = Field(False, description="also publish every result (events are always published)")
     outbox: str = Field("outbox.db", description="SQLite file holding messages until the broker acknowledges them")
     qos: Literal[0, 1] = 1
+    drain_s: float = Field(5.0, ge=0, description="at shutdown, wait this long for pending messages to be "
+                                                  "acknowledged; the rest stay in the outbox for the next run")
 
 
 class WebhookSinkConfig(_Base):
@@ -147,18 +149,24 @@ class MqttSink:
         self.outbox = Outbox(cfg.outbox, cfg.mqtt, qos=cfg.qos)
 
     def write(self, item: Item) -> None:
+        rows = []
         for e in item.events:
             body = e.to_json()
             for topic in (f"{self.prefix}/events", *e.mqtt_topics):
                 # one id per (event, topic) so a subscriber to both sees each once, and retries stay idempotent
                 eid = e.event_id if topic == f"{self.prefix}/events" else _sub_id(e.event_id, topic)
-                self.outbox.put(topic, body, event_id=eid)
+                rows.append((topic, body, eid))
         if self.cfg.results and item.result is not None:
             d = item.to_dict()
             d["event_id"] = _sub_id(f"{item.source}/{item.seq}/{item.ts}", "results")
-            self.outbox.put(f"{self.prefix}/{item.source}/results", json.dumps(d), event_id=d["event_id"])
+            rows.append((f"{self.prefix}/{item.source}/results", json.dumps(d), d["event_id"]))
+        if rows:
+            self.outbox.put_many(rows)  # one transaction, one fsync per item
 
     def close(self) -> None:
+        if not self.outbox.flush(self.cfg.drain_s):
+            log.info("mqtt: %d message(s) not yet acknowledged stay in %s for the next run", self.outbox.pending(),
+                     self.cfg.outbox)
         self.outbox.close()
 
 
