@@ -81,3 +81,23 @@ def test_config_checks():
         PreprocessConfig(mean=[0.0])
     with pytest.raises(ConfigError, match="layout"):
         Preprocessor(PreprocessConfig(), TensorSpec("x", "float32", (1, 7, 7, 7)))
+
+
+@pytest.mark.parametrize("layout", ["nhwc", "nchw"])
+def test_the_native_fast_path_equals_the_plain_arithmetic(layout):
+    import cv2
+
+    rng = np.random.default_rng(0)
+    f = rng.integers(0, 256, (97, 131, 3), np.uint8)
+    shape = (1, 40, 56, 3) if layout == "nhwc" else (1, 3, 40, 56)
+    pre = Preprocessor(PreprocessConfig(resize="letterbox", normalize="imagenet", pad_value=114),
+                       TensorSpec("x", "float32", shape))
+    it = pre.process(Item("s", 0, 0.0, frame=f))
+    t = it.transform
+    nw, nh = round(131 * t.scale_x), round(97 * t.scale_y)
+    small = cv2.resize(f, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    canvas = np.full((40, 56, 3), 114, np.uint8)
+    canvas[t.pad_y:t.pad_y + nh, t.pad_x:t.pad_x + nw] = small
+    ref = (canvas[..., ::-1].astype(np.float32) - [123.675, 116.28, 103.53]) / [58.395, 57.12, 57.375]
+    ref = ref if layout == "nhwc" else ref.transpose(2, 0, 1)
+    np.testing.assert_allclose(it.tensor, ref, atol=1e-4)

@@ -1,12 +1,13 @@
 """The edge runtime: sources → quality → preprocess → scheduler/inference → postprocess → rules → sinks.
 
-Threads: one per source (read, check and preprocess: the "decode" threads), the scheduler's inference workers
-(post-processing runs there too), and one output thread that applies the rules and feeds the sinks in order.
+Threads: one per source (read, check and preprocess: the "decode" threads), the scheduler's inference workers, and
+one output thread that post-processes, applies the rules and feeds the sinks, in order.
 """
 from __future__ import annotations
 
 import logging
 import queue
+import sys
 import threading
 import time
 from pathlib import Path
@@ -110,8 +111,7 @@ class Pipeline:
         self._routed_webhooks: dict[str, WebhookSink] = {}
         self._workdir = workdir
         self.sessions, self.load_s = open_sessions(self.model, cfg.model, self.plan.workers, self.plan.model_threads)
-        self.scheduler = Scheduler(self.sessions, cfg.scheduler, self.stats, emit=self._out.put,
-                                   after=self.postprocess.process)
+        self.scheduler = Scheduler(self.sessions, cfg.scheduler, self.stats, emit=self._out.put)
         log.info("pipeline %s: %s on %s, %d worker(s) x %d thread(s), %d source(s), loaded in %.2f s", cfg.name,
                  Path(cfg.model.path).name, self.sessions[0].__class__.__name__, self.plan.workers,
                  self.plan.model_threads, len(self.sources), self.load_s)
@@ -122,6 +122,9 @@ class Pipeline:
         """Runs until every source ends, `duration` passes, `max_items` were taken, or stop(); returns a summary."""
         self._max_items = max_items
         self.stats.started = time.monotonic()  # fps counts from the first item, not from the model load
+        # A worker whose native call (inference, decode) returns waits for the GIL up to the switch interval while
+        # another stage runs Python; CPython's default 5 ms would idle the model for whole frames.
+        sys.setswitchinterval(min(sys.getswitchinterval(), 0.0005))
         self.scheduler.start()
         out = threading.Thread(target=self._output, name="output", daemon=True)
         out.start()
@@ -207,6 +210,11 @@ class Pipeline:
                 self.stats.count("errors", item.source)
 
     def _deliver(self, item: Item) -> None:
+        if item.error is None:
+            t0 = time.perf_counter()
+            item = self.postprocess.process(item)  # never raises: a bad output becomes item.error
+            item.timings["postprocess"] = dt = time.perf_counter() - t0
+            self.stats.stage("postprocess", dt)
         if item.error:
             self.stats.count("errors", item.source)
             log.warning("%s #%d: %s", item.source, item.seq, item.error)

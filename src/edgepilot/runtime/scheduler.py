@@ -129,13 +129,13 @@ class ItemQueue:
 
 
 class Scheduler:
-    """Runs batches on one session per worker; `after` (post-processing) runs on the worker; `emit` receives each
-    item in queue order."""
+    """Runs batches on one session per worker and hands each item to `emit` in queue order. Workers do nothing but
+    inference: post-processing happens downstream, on another core, while the next batch runs."""
 
     def __init__(self, sessions: list[Session], cfg: SchedulerConfig, stats: PipelineStats,
-                 emit: Callable[[Item], None], after: Callable[[Item], Item] | None = None) -> None:
+                 emit: Callable[[Item], None]) -> None:
         self.sessions, self.cfg, self.stats = sessions, cfg, stats
-        self.emit, self.after = emit, after
+        self.emit = emit
         spec = sessions[0].inputs[0]
         self.input_name = spec.name
         fixed = spec.shape[0] if spec.shape and isinstance(spec.shape[0], int) and spec.shape[0] > 0 else None
@@ -172,8 +172,6 @@ class Scheduler:
                 first = self._ticket
                 self._ticket += len(batch)
             self._infer(session, batch)
-            if self.after is not None:
-                batch = [self._after(it) for it in batch]
             self._release(first, batch)
 
     def _infer(self, session: Session, batch: list[Item]) -> None:
@@ -203,20 +201,6 @@ class Scheduler:
         for i, it in enumerate(ready):
             it.outputs = {k: v[i] for k, v in outputs.items()}
             it.timings["infer"] = dt / n
-
-    def _after(self, item: Item) -> Item:
-        if item.error is not None:
-            return item
-        t0 = time.perf_counter()
-        try:
-            item = self.after(item)
-        except Exception as e:
-            log.warning("post-processing failed on %s #%d: %s", item.source, item.seq, e)
-            item.error = f"post-processing failed: {e}"
-        dt = time.perf_counter() - t0
-        item.timings["postprocess"] = dt
-        self.stats.stage("postprocess", dt)
-        return item
 
     def _release(self, first: int, batch: list[Item]) -> None:
         with self._out_lock:

@@ -41,6 +41,9 @@ class PreprocessConfig(BaseModel):
     layout: Literal["auto", "nhwc", "nchw"] = Field("auto", description="auto: read from the input shape")
     size: tuple[int, int] | None = Field(None, description="width, height when the model's input size is dynamic")
     pad_value: int = Field(0, ge=0, le=255, description="letterbox padding (114 for YOLO models)")
+    interpolation: Literal["linear", "area"] = Field(
+        "linear", description="linear (what YOLO and MediaPipe use; ten times cheaper) or area (less aliasing when "
+                              "shrinking a lot)")
     fields: list[str] | None = Field(None, description="sensor value names, in the order of the model's input "
                                                         "vector (sensor sources only)")
 
@@ -106,6 +109,19 @@ class Preprocessor:
         k = self.channels
         self.mean = np.resize(np.asarray(mean, np.float32), k)
         self.std = np.resize(np.asarray(std, np.float32), k)
+        self._blob = self._blob_params() if k == 3 and self.cfg.color != "gray" else None
+
+    def _blob_params(self):
+        """OpenCV's blobFromImage does colour order, mean/std and layout in one native call (no float temporaries)."""
+        import cv2
+
+        p = cv2.dnn.Image2BlobParams()
+        p.scalefactor = tuple(float(v) for v in 1.0 / self.std) + (0.0,)
+        p.mean = tuple(float(v) for v in self.mean) + (0.0,)  # in output channel order, as the tensor's
+        p.size = (self.width, self.height)
+        p.swapRB = self.cfg.color == "rgb"
+        p.datalayout = cv2.DNN_LAYOUT_NHWC if self.layout == "nhwc" else cv2.DNN_LAYOUT_NCHW
+        return p
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -121,7 +137,12 @@ class Preprocessor:
 
         frame = item.frame
         fh, fw = frame.shape[:2]
-        img, transform = _resize(frame, self.width, self.height, self.cfg.resize, self.cfg.pad_value)
+        img, transform = _resize(frame, self.width, self.height, self.cfg.resize, self.cfg.pad_value,
+                                 cv2.INTER_LINEAR if self.cfg.interpolation == "linear" else cv2.INTER_AREA)
+        item.transform = FrameTransform(*transform, frame_w=fw, frame_h=fh, input_w=self.width, input_h=self.height)
+        if self._blob is not None and (self.dtype.kind == "f" or self.quantized):
+            item.tensor = self._cast(cv2.dnn.blobFromImageWithParams(np.ascontiguousarray(img), self._blob)[0])
+            return item
         if self.channels == 1 or self.cfg.color == "gray":
             img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)[..., None] if img.ndim == 3 else img[..., None]
             if self.channels == 3:
@@ -132,7 +153,6 @@ class Preprocessor:
         if self.layout == "nchw":
             x = x.transpose(2, 0, 1)
         item.tensor = self._cast(np.ascontiguousarray(x))
-        item.transform = FrameTransform(*transform, frame_w=fw, frame_h=fh, input_w=self.width, input_h=self.height)
         return item
 
     def _vector(self, item: Item) -> Item:
@@ -157,25 +177,23 @@ def _limits(dtype: np.dtype) -> tuple[int, int]:
     return int(info.min), int(info.max)
 
 
-def _resize(frame: np.ndarray, w: int, h: int, mode: str, pad: int):
+def _resize(frame: np.ndarray, w: int, h: int, mode: str, pad: int, interpolation: int):
     """The resized frame and (scale_x, scale_y, pad_x, pad_y) mapping frame pixels into it."""
     import cv2
 
     fh, fw = frame.shape[:2]
     if mode == "stretch":
-        sx, sy = w / fw, h / fh
-        return cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA if sx < 1 else cv2.INTER_LINEAR), (sx, sy, 0, 0)
+        return cv2.resize(frame, (w, h), interpolation=interpolation), (w / fw, h / fh, 0, 0)
     if mode == "letterbox":
         s = min(w / fw, h / fh)
         nw, nh = max(1, round(fw * s)), max(1, round(fh * s))
         px, py = (w - nw) // 2, (h - nh) // 2
-        small = cv2.resize(frame, (nw, nh), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
-        out = np.full((h, w) + frame.shape[2:], pad, dtype=frame.dtype)
-        out[py:py + nh, px:px + nw] = small
+        small = cv2.resize(frame, (nw, nh), interpolation=interpolation)
+        out = cv2.copyMakeBorder(small, py, h - nh - py, px, w - nw - px, cv2.BORDER_CONSTANT, value=(pad,) * 4)
         return out, (s, s, px, py)
     # crop: scale so the input is covered, then take the centre
     s = max(w / fw, h / fh)
     nw, nh = max(w, round(fw * s)), max(h, round(fh * s))
-    big = cv2.resize(frame, (nw, nh), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+    big = cv2.resize(frame, (nw, nh), interpolation=interpolation)
     ox, oy = (nw - w) // 2, (nh - h) // 2
     return big[oy:oy + h, ox:ox + w], (s, s, -ox, -oy)
