@@ -181,6 +181,7 @@ def test_killed_edgepilot_loses_no_accepted_event(tmp_path, digits_model):
         "sources": [{"type": "folder", "id": "belt", "path": "frames", "watch": True, "poll_s": 0.2}],
         "preprocess": {"color": "gray"},
         "postprocess": {"type": "classification", "labels": [str(i) for i in range(10)]},
+        "scheduler": {"queue_size": 64},  # a watched folder is live: a short queue would drop its oldest frames
         "rules": [{"name": "sevens", "when": {"label": 7, "min_confidence": 0.6}, "actions": ["alert"]}],
         "sinks": [{"type": "mqtt", "mqtt": {"host": "127.0.0.1", "port": broker.port}, "outbox": "outbox.db"},
                   {"type": "jsonl", "path": "events.jsonl", "what": "events"}],
@@ -189,12 +190,12 @@ def test_killed_edgepilot_loses_no_accepted_event(tmp_path, digits_model):
     proc = subprocess.Popen([*EXE, "run", str(config)], stderr=subprocess.PIPE, text=True)
     events = tmp_path / "events.jsonl"
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (events.exists() and len(events.read_text().splitlines()) >= 20):
+    while time.monotonic() < deadline and not (events.exists() and len(events.read_text().splitlines()) >= 12):
         time.sleep(0.1)
     proc.kill()
-    proc.wait()
+    _, err = proc.communicate()
     accepted = [json.loads(ln)["event_id"] for ln in events.read_text().splitlines()]
-    assert len(accepted) >= 20
+    assert len(accepted) >= 12, err[-2000:]
 
     broker.start()
     try:

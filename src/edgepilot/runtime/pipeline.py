@@ -248,6 +248,8 @@ class Pipeline:
                 sink.close()
             except Exception as e:
                 log.warning("closing sink %s: %s", sink.name, e)
+        for source in getattr(self, "sources", []):  # a failed start may leave a source connected
+            source.stop()
         for s in getattr(self, "sessions", []):
             s.close()
         if self._log_handler is not None:
