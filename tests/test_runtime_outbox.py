@@ -15,10 +15,10 @@ import pytest
 
 from brokers import Subscriber, free_port
 from edgepilot.errors import InputError, RuntimeFailure
-from edgepilot.monitor.alerts import AlertEngine, AlertRule, AlertSink
+from edgepilot.monitor.alerts import AlertEngine, AlertRule, AlertSink, MqttAlertSink
 from edgepilot.monitor.readings import Sample, reading
 from edgepilot.runtime.mqtt import MqttConfig
-from edgepilot.runtime.outbox import MqttAlertSink, Outbox
+from edgepilot.runtime.outbox import Outbox
 
 PRODUCER = Path(__file__).with_name("outbox_producer.py")
 

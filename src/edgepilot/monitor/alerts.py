@@ -1,6 +1,7 @@
 """Threshold alerts with hysteresis and a minimum duration, delivered through pluggable sinks that work offline."""
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -156,6 +157,32 @@ class WebhookSink:
         rest = pending[sent:]
         self.spool.write_text("".join(ln + "\n" for ln in rest), encoding="utf-8")
         return len(rest)
+
+
+class MqttAlertSink:
+    """Monitor alerts over MQTT, offline-first: each alert goes into an `edgepilot.runtime.outbox.Outbox` (so it
+    survives broker outages and restarts) as its JSON plus an `event_id` derived from rule, series, state and time,
+    so a re-sent or re-raised alert is recognisably the same one. The topic may use {rule}, {state} and {severity}."""
+
+    name = "mqtt"
+
+    def __init__(self, outbox, topic: str = "edgepilot/alerts/{state}") -> None:
+        self.outbox, self.topic = outbox, topic
+        self.failed = 0
+
+    @staticmethod
+    def event_id(alert: Alert) -> str:
+        return hashlib.sha256(f"{alert.rule}|{alert.key}|{alert.state}|{alert.ts!r}".encode()).hexdigest()[:32]
+
+    def send(self, alert: Alert) -> None:
+        eid = self.event_id(alert)
+        body = json.dumps({**asdict(alert), "event_id": eid}, ensure_ascii=False)
+        try:
+            self.outbox.put(self.topic.format(rule=alert.rule, state=alert.state, severity=alert.severity), body,
+                            event_id=eid)
+        except Exception as e:  # an alert sink must never stop monitoring
+            self.failed += 1
+            log.error("alert not stored in the MQTT outbox (%s): %s", e, alert.message)
 
 
 @dataclass

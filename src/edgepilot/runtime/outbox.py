@@ -1,20 +1,16 @@
 """A durable SQLite outbox in front of MQTT: a message is accepted once it is on disk and leaves, in order, QoS 1."""
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import sqlite3
 import threading
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from edgepilot.errors import InputError, RuntimeFailure
-from edgepilot.monitor.alerts import Alert
 from edgepilot.runtime.mqtt import MqttConfig, make_client
 
 try:  # POSIX only; elsewhere two processes sharing one outbox would only cause duplicates, not losses
@@ -450,29 +446,3 @@ def _checked(topic: str, payload: bytes | str, event_id: str | None) -> tuple[st
     if not eid:
         raise InputError("event_id must not be empty")
     return topic, body, eid
-
-
-class MqttAlertSink:
-    """Monitor alerts over MQTT, offline-first: each alert goes into the outbox (so it survives broker outages and
-    restarts) as its JSON plus an `event_id` derived from rule, series, state and time, so a re-sent or re-raised
-    alert is recognisably the same one. The topic may use {rule}, {state} and {severity}."""
-
-    name = "mqtt"
-
-    def __init__(self, outbox: Outbox, topic: str = "edgepilot/alerts/{state}") -> None:
-        self.outbox, self.topic = outbox, topic
-        self.failed = 0
-
-    @staticmethod
-    def event_id(alert: Alert) -> str:
-        return hashlib.sha256(f"{alert.rule}|{alert.key}|{alert.state}|{alert.ts!r}".encode()).hexdigest()[:32]
-
-    def send(self, alert: Alert) -> None:
-        eid = self.event_id(alert)
-        body = json.dumps({**asdict(alert), "event_id": eid}, ensure_ascii=False)
-        try:
-            self.outbox.put(self.topic.format(rule=alert.rule, state=alert.state, severity=alert.severity), body,
-                            event_id=eid)
-        except Exception as e:  # an alert sink must never stop monitoring
-            self.failed += 1
-            log.error("alert not stored in the MQTT outbox (%s): %s", e, alert.message)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Literal
 
@@ -140,7 +141,7 @@ def _read_labels(cfg: PostprocessConfig) -> list[str] | None:
     return [line.strip() for line in lines]
 
 
-class _Decoder:
+class _Decoder(ABC):
     kind = "detection"
 
     def __init__(self, cfg: PostprocessConfig, input_size: tuple[int, int], labels: list[str] | None) -> None:
@@ -154,8 +155,9 @@ class _Decoder:
             return self.labels[class_id]
         return f"class{class_id}"
 
+    @abstractmethod
     def decode(self, outputs: dict[str, np.ndarray], transform: FrameTransform | None) -> Result:
-        raise NotImplementedError
+        """This item's outputs (no batch axis) to a Result, boxes in frame pixels when `transform` is given."""
 
     @staticmethod
     def array(outputs: dict[str, np.ndarray], spec: TensorSpec) -> np.ndarray:
