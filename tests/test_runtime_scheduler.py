@@ -105,3 +105,13 @@ def test_thread_plan_never_oversubscribes():
     assert p.workers * p.model_threads + 2 <= 8 and p.model_threads == 6
     p = plan_threads(SchedulerConfig(workers=4, model_threads=4), decode_threads=1, cores=4)
     assert p.workers * p.model_threads <= 3 and p.notes
+
+
+def test_an_item_that_cannot_run_does_not_hold_back_its_batch(cnn):
+    work = items(6)
+    work[2].error = "preprocess failed: test"
+    work[4].tensor = None
+    out, stats = run_all(cnn, SchedulerConfig(max_batch=6, max_delay_ms=200, queue_size=8), work)
+    assert [it.seq for it in out] == list(range(6))
+    assert [it.outputs is not None for it in out] == [True, True, False, True, False, True]
+    assert out[4].error == "not preprocessed" and stats.counters["inferred"] == 4

@@ -50,10 +50,6 @@ class Detection:
     label: str
     keypoints: tuple[tuple[float, float], ...] = ()  # frame pixels (BlazeFace: eyes, nose, mouth, ears)
 
-    @property
-    def center(self) -> tuple[float, float]:
-        return (self.box[0] + self.box[2]) / 2, (self.box[1] + self.box[3]) / 2
-
 
 @dataclass
 class Result:
@@ -104,7 +100,7 @@ class Event:
         return json.dumps(self.to_dict(), ensure_ascii=False, default=_jsonable)
 
 
-@dataclass
+@dataclass(eq=False)  # identity: items hold arrays, and two frames are never "the same item"
 class Item:
     """One unit of work: a frame or a set of sensor readings, and everything the stages add to it."""
 

@@ -73,12 +73,12 @@ def _tensorrt_plan(model: Model, cache: Path) -> Model:
     key = hashlib.sha256(f"{digest}|{trt.__version__}|{gpu}".encode()).hexdigest()[:16]
     plan = cache / f"{model.path.stem}-{key}.plan"
     if not plan.exists():
-        p = get_pass("onnx-to-tensorrt")
-        reasons = p.why_not(model, PassContext(cache / "build"))
+        p, ctx = get_pass("onnx-to-tensorrt"), PassContext(cache / "build")
+        reasons = p.why_not(model, ctx)
         if reasons:
             raise ConfigError(f"cannot build a TensorRT plan for {model.path}: {'; '.join(reasons)}")
         log.info("building a TensorRT plan for %s (cached as %s)", model.path.name, plan.name)
-        built = p.run(model, p.Options(), PassContext(cache / "build"))
+        built = p.run(model, p.Options(), ctx)
         shutil.move(str(built.path), plan)
     return Model.load(plan)
 

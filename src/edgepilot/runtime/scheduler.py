@@ -124,9 +124,6 @@ class ItemQueue:
             self._closed = True
             self._cond.notify_all()
 
-    def __len__(self) -> int:
-        return len(self._items)
-
 
 class Scheduler:
     """Runs batches on one session per worker and hands each item to `emit` in queue order. Workers do nothing but
@@ -145,7 +142,7 @@ class Scheduler:
         self._take_lock = threading.Lock()
         self._ticket = 0
         self._next_out = 0
-        self._ready: list[tuple[int, int, Item]] = []
+        self._ready: list[tuple[int, Item]] = []
         self._out_lock = threading.Lock()
         self._threads = [threading.Thread(target=self._work, args=(s,), name=f"infer-{i}", daemon=True)
                          for i, s in enumerate(sessions)]
@@ -175,10 +172,10 @@ class Scheduler:
             self._release(first, batch)
 
     def _infer(self, session: Session, batch: list[Item]) -> None:
-        ready = [it for it in batch if it.error is None and it.tensor is not None]
         for it in batch:
-            if it not in ready and it.error is None:
+            if it.error is None and it.tensor is None:
                 it.error = "not preprocessed"
+        ready = [it for it in batch if it.error is None]
         if not ready:
             return
         x = np.stack([it.tensor for it in ready])
@@ -205,8 +202,8 @@ class Scheduler:
     def _release(self, first: int, batch: list[Item]) -> None:
         with self._out_lock:
             for i, it in enumerate(batch):
-                heapq.heappush(self._ready, (first + i, id(it), it))
+                heapq.heappush(self._ready, (first + i, it))
             while self._ready and self._ready[0][0] == self._next_out:
-                _, _, it = heapq.heappop(self._ready)
+                _, it = heapq.heappop(self._ready)
                 self._next_out += 1
                 self.emit(it)
