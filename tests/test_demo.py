@@ -36,3 +36,16 @@ def test_demo_builds_and_measures_every_family(tmp_path):
     assert "micro-int8" in rows and rows["micro-int8"]["engine"] == "tflite-micro"
     assert (out / "report.html").read_text().count("<img") == 5  # bars x3, Pareto, bit depth
     assert "trained the article's CNN" in proc.stdout and "report:" in proc.stdout
+
+
+def test_faces_demo_runs_with_its_default_relative_out(tmp_path):
+    """`make demo` runs `edgepilot demo faces` with the default, cwd-relative `workspace/faces`."""
+    proc = subprocess.run([sys.executable, "-c", "from edgepilot.cli import main; main()", "demo", "faces"],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                          env={**os.environ, "COLUMNS": "120"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "workspace" / "faces"
+    frames = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    frames = [f for f in frames if "result" in f]
+    assert len(frames) == 105 and sum(bool(f["result"]["detections"]) for f in frames) >= 40
+    assert "2 event(s)" in proc.stdout and (out / "annotated.mp4").stat().st_size > 0

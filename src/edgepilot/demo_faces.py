@@ -108,6 +108,8 @@ def run_faces_demo(out: Path, broker: tuple[str, int] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     video = out / "faces.mp4"
     truth = make_face_video(video)
+    # The YAML's relative paths resolve against its own folder, which is where the video is.
+    video = Path(video.name)
     (out / "truth.json").write_text(json.dumps(truth))
     config = out / "pipeline.yaml"
     config.write_text(yaml.safe_dump(pipeline_config(out, video, broker), sort_keys=False))
