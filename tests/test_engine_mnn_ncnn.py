@@ -267,7 +267,7 @@ def test_ncnn_loops_over_the_batch(ncnn_model, batch):
 
 def test_ncnn_fp32_mode_matches_the_reference_closely(ncnn_model):
     b = ncnn_model("mlp")
-    with NcnnEngine().open(Model.load(b.path), threads=1, fp16=False) as s:
+    with NcnnEngine().open(Model.load(b.path), threads=1, precision="fp32") as s:
         y = s.run({"in0": b.inputs[0]})["out0"]
     np.testing.assert_allclose(y, b.expected[0], atol=1e-5, rtol=1e-5)
 

@@ -128,3 +128,35 @@ def test_available_never_raises():
     for engine in all_engines().values():
         ok, why = engine.available()
         assert isinstance(ok, bool) and why
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_openvino_fp32_agrees_with_onnxruntime_on_every_cpu(built, kind):
+    """OpenVINO would compute an fp32 model in bf16 on CPUs with AVX512_BF16/AMX unless told: edgepilot tells it."""
+    model = Model.load(built(Format.ONNX, kind).path)
+    x = sample(kind, batch=4)
+    with open_session(model, "onnxruntime", threads=1) as ort, open_session(model, "openvino", threads=1) as ov:
+        assert ov.precision == "fp32" and ov.threads == 1
+        name = model.inputs[0].name
+        np.testing.assert_allclose(ov.run({name: x})[model.outputs[0].name],
+                                   ort.run({name: x})[model.outputs[0].name], atol=1e-4, rtol=1e-4)
+
+
+def test_threads_none_means_every_usable_core_on_every_engine(built):
+    from edgepilot.engines.base import default_threads
+
+    for fmt, engines in ((Format.ONNX, ("onnxruntime", "openvino")), (Format.TFLITE, ("litert",))):
+        model = Model.load(built(fmt, "mlp").path)
+        for engine in engines:
+            with open_session(model, engine) as s:
+                assert s.threads == default_threads(), engine
+
+
+def test_engine_options_are_typed(built):
+    from edgepilot.errors import ConfigError
+
+    model = Model.load(built(Format.ONNX, "mlp").path)
+    with pytest.raises(ConfigError, match="precision"):
+        open_session(model, "openvino", precision="int3")
+    with pytest.raises(ConfigError, match="arena"):
+        all_engines()["onnxruntime"]().open(model, arena=4)

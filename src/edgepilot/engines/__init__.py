@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from functools import cache
 
-from edgepilot.engines.base import Engine, Session
+from edgepilot.engines.base import Engine, EngineOptions, Session
 from edgepilot.errors import UnavailableError
 from edgepilot.model import Model
 from edgepilot.optional import load_registry
@@ -19,7 +19,7 @@ _REGISTRY = (
     "edgepilot.engines.micro:MicroEngine",
 )
 
-__all__ = ["Engine", "Session", "all_engines", "get_engine", "engine_for", "open_session"]
+__all__ = ["Engine", "EngineOptions", "Session", "all_engines", "get_engine", "engine_for", "open_session"]
 
 
 @cache
@@ -59,9 +59,9 @@ def engine_for(model: Model, name: str | None = None) -> type[Engine]:
 
 
 def open_session(model: Model, engine: str | None = None, *, threads: int | None = None,
-                 device: str | None = None, cache_dir: str | None = None) -> Session:
-    """Open `model` on the named (or first available) engine, on its first device unless one is named.
-    `cache_dir` keeps compiled models between runs on engines that have such a cache (`caches_compiled`)."""
+                 device: str | None = None, precision: str | None = None, cache_dir: str | None = None) -> Session:
+    """Open `model` on the named (or first available) engine with EngineOptions: on its first device unless
+    one is named, in fp32 unless a precision is named (engines that choose their arithmetic), keeping
+    compiled models in `cache_dir` on engines that have such a cache (`caches_compiled`)."""
     cls = engine_for(model, engine)
-    extra = {"cache_dir": cache_dir} if cache_dir and cls.caches_compiled else {}
-    return cls().open(model, threads=threads, device=device or cls.devices[0], **extra)
+    return cls().open(model, threads=threads, device=device, precision=precision, cache_dir=cache_dir)

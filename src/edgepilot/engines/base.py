@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edgepilot.errors import InputError
+from edgepilot.errors import ConfigError, InputError
 from edgepilot.model import Format, Model, TensorSpec
 from edgepilot.optional import require  # noqa: F401 - engines import it from here
 
@@ -75,11 +77,41 @@ def _check_shape(spec: TensorSpec, shape: tuple[int, ...]) -> None:
                              else None)
 
 
+Precision = Literal["fp32", "fp16", "bf16"]
+AS_STORED = "as stored"  # the engine computes in the precision the model's own operators hold
+
+
+class EngineOptions(BaseModel):
+    """What every engine takes; an engine with more settings subclasses this as its `Options`."""
+
+    model_config = ConfigDict(extra="forbid")
+    threads: int | None = Field(None, ge=1, description="None: every core this process may use, on every engine")
+    device: str | None = Field(None, description="None: the engine's first device")
+    precision: Precision | None = Field(
+        None, description="the arithmetic for engines that choose it (OpenVINO, ncnn, MNN); None: fp32, so a "
+                          "float model is computed as exported whatever the CPU's default (bf16, fp16) would be")
+    cache_dir: str | None = Field(None, description="compiled-model cache, for engines that keep one")
+
+
+def default_threads() -> int:
+    """What threads=None means on every engine: the cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 class Session(ABC):
-    """A loaded model ready to run. `run` validates feeds, then calls the runtime."""
+    """A loaded model ready to run. `run` validates feeds, then calls the runtime.
+
+    `threads` and `precision` say what the runtime really uses (None where a setting does not apply),
+    so that every measurement can record them.
+    """
 
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
+    threads: int | None = None
+    precision: str = AS_STORED
 
     def run(self, feeds: Mapping[str, np.ndarray], *, dequantize_outputs: bool = True) -> dict[str, np.ndarray]:
         result = self._run(check_feeds(self.inputs, feeds))
@@ -111,7 +143,8 @@ class Engine(ABC):
     package: ClassVar[str]  # the importable module that must exist
     extra: ClassVar[str]  # the edgepilot extra that installs it
     devices: ClassVar[tuple[str, ...]] = ("cpu",)
-    caches_compiled: ClassVar[bool] = False  # open() takes cache_dir= to keep compiled models between runs
+    caches_compiled: ClassVar[bool] = False  # honours EngineOptions.cache_dir
+    Options: ClassVar[type[EngineOptions]] = EngineOptions
 
     @classmethod
     def available(cls) -> tuple[bool, str]:
@@ -142,6 +175,24 @@ class Engine(ABC):
     def extra_dist(cls) -> str:
         return cls.package
 
+    def options(self, options: EngineOptions | None = None, **values: Any) -> EngineOptions:
+        """Typed options from an options object and/or keywords (keywords win); a bad value is a ConfigError."""
+        merged = {**(options.model_dump(exclude_unset=True) if options else {}), **values}
+        try:
+            opts = self.Options(**merged)
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(str(p) for p in err["loc"]) or "options"
+            raise ConfigError(f"engine {self.name}: {where}: {err['msg']}",
+                              hint=f"it takes {', '.join(self.Options.model_fields)}") from None
+        if opts.device is None:
+            opts.device = self.devices[0]
+        return opts
+
+    def open(self, model: Model, options: EngineOptions | None = None, **values: Any) -> Session:
+        """Load `model` and return a ready Session, e.g. `open(model, threads=2, precision="fp32")`."""
+        return self._open(model, self.options(options, **values))
+
     @abstractmethod
-    def open(self, model: Model, *, threads: int | None = None, device: str = "cpu") -> Session:
-        """Load `model` and return a ready Session."""
+    def _open(self, model: Model, opts: EngineOptions) -> Session:
+        """Load `model` with validated options (device filled in)."""

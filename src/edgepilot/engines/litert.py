@@ -3,17 +3,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgepilot.engines.base import Engine, Session
+from edgepilot.engines.base import Engine, EngineOptions, Session, default_threads
 from edgepilot.errors import ModelError, RuntimeFailure
 from edgepilot.model import Format, Model
 from edgepilot.optional import require
 
 
 class LiteRTSession(Session):
-    def __init__(self, model: Model, threads: int | None):
+    def __init__(self, model: Model, threads: int):
         interp_mod = require("ai_edge_litert.interpreter", "tflite")
         try:
-            self._it = interp_mod.Interpreter(model_path=str(model.path), num_threads=threads or 1)
+            self._it = interp_mod.Interpreter(model_path=str(model.path), num_threads=threads)
+            self.threads = threads
             self._it.allocate_tensors()
         except Exception as e:
             raise ModelError(f"{model.path}: LiteRT cannot load it ({str(e).splitlines()[0]})") from e
@@ -53,5 +54,6 @@ class LiteRTEngine(Engine):
     def extra_dist(cls) -> str:
         return "ai-edge-litert"
 
-    def open(self, model: Model, *, threads: int | None = None, device: str = "cpu") -> Session:
-        return LiteRTSession(model, threads)
+    def _open(self, model: Model, opts: EngineOptions) -> Session:
+        # XNNPACK computes float models in fp32 on the CPU (fp16 weights are dequantised at load).
+        return LiteRTSession(model, opts.threads or default_threads())

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from edgepilot.engines.base import Engine, Session
+from edgepilot.engines.base import Engine, EngineOptions, Session
 from edgepilot.errors import ConfigError, InputError, ModelError, RuntimeFailure, UnavailableError
 from edgepilot.model import Format, Model, Quantization, TensorSpec
 from edgepilot.optional import require
@@ -257,6 +257,10 @@ def _join(parts: list[np.ndarray]) -> np.ndarray:
     return np.stack(parts, axis=0)
 
 
+class MicroOptions(EngineOptions):
+    arena_size: int | None = None  # bytes of tensor arena; None finds one that fits
+
+
 class MicroEngine(Engine):
     """TFLite Micro on the host. `arena_size` (bytes) fixes the tensor arena; None finds one that fits."""
 
@@ -264,6 +268,7 @@ class MicroEngine(Engine):
     formats = frozenset({Format.TFLITE})
     package = "tflite_micro"
     extra = "micro"
+    Options = MicroOptions
 
     def __init__(self, arena_size: int | None = None):
         self.arena_size = arena_size
@@ -272,13 +277,14 @@ class MicroEngine(Engine):
     def extra_dist(cls) -> str:
         return "tflite-micro"
 
-    def open(self, model: Model, *, threads: int | None = None, device: str = "cpu",
-             arena_size: int | None = None) -> MicroSession:
-        if device != "cpu":
-            raise UnavailableError(f"TFLite Micro runs on the CPU only, not {device!r}", hint="use device='cpu'")
-        if threads and threads > 1:
-            log.debug("tflite-micro is single-threaded; ignoring threads=%d", threads)
-        return MicroSession(model, arena_size or self.arena_size)
+    def _open(self, model: Model, opts: MicroOptions) -> MicroSession:
+        if opts.device != "cpu":
+            raise UnavailableError(f"TFLite Micro runs on the CPU only, not {opts.device!r}", hint="use device='cpu'")
+        if opts.threads and opts.threads > 1:
+            log.debug("tflite-micro is single-threaded; ignoring threads=%d", opts.threads)
+        session = MicroSession(model, opts.arena_size or self.arena_size)
+        session.threads = 1
+        return session
 
 
 def measure_arena(model_path: str | Path) -> int:

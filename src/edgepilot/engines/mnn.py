@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import numpy as np
 
-from edgepilot.engines.base import Engine, Session
+from edgepilot.engines.base import Engine, EngineOptions, Session, default_threads
 from edgepilot.errors import ModelError, RuntimeFailure, UnavailableError
 from edgepilot.formats.mnn import import_mnn
 from edgepilot.model import Format, Model
@@ -16,16 +15,16 @@ log = logging.getLogger(__name__)
 # MNN's Python API names only these dtypes for the values it is fed.
 _FEED_DTYPES = {"float32": "float", "float64": "double", "int32": "int", "int64": "int64", "int8": "int8",
                 "uint8": "uint8"}
-_DEFAULT_THREADS = 4  # MNN's own default (ScheduleConfig.numThread), capped by the cores there are
+# MNN's "normal" precision may compute in fp16 (Armv8.2) or bf16; "high" keeps fp32, "low" allows fp16.
+_MODES = {None: "high", "fp32": "high", "fp16": "low", "bf16": "low_bf16"}
 
 
 class MNNSession(Session):
-    def __init__(self, model: Model, threads: int | None):
+    def __init__(self, model: Model, threads: int, precision: str | None):
         mnn = import_mnn()
         self._F = mnn.expr
-        self.threads = int(threads) if threads else min(_DEFAULT_THREADS, os.cpu_count() or 1)
-        if self.threads < 1:
-            raise UnavailableError(f"MNN needs at least one thread, not {threads}")
+        self.threads = int(threads)
+        self.precision = precision or "fp32"
         self.inputs, self.outputs = model.inputs, model.outputs
         layouts = model.meta.get("input_layouts", {})
         self._layout = {t.name: self._F.NHWC if layouts.get(t.name) == "NHWC" else self._F.NCHW
@@ -40,7 +39,8 @@ class MNNSession(Session):
                 raise UnavailableError(f"MNN's Python API cannot feed {t.dtype} input {t.name!r}")
             self._dtype[t.name] = getattr(self._F, _FEED_DTYPES[t.dtype])
         # An explicit runtime manager: without one MNN ignores thread_num and starts 4 threads.
-        self._runtime = mnn.nn.create_runtime_manager(({"backend": 0, "numThread": self.threads},))
+        self._runtime = mnn.nn.create_runtime_manager(({"backend": 0, "numThread": self.threads,
+                                                          "precision": _MODES[precision]},))
         try:
             self._module = mnn.nn.load_module_from_file(
                 str(model.path), [t.name for t in model.inputs], [t.name for t in model.outputs],
@@ -116,8 +116,8 @@ class MNNEngine(Engine):
     def extra_dist(cls) -> str:
         return "mnn"  # the distribution is lower-case; the module is upper-case
 
-    def open(self, model: Model, *, threads: int | None = None, device: str = "cpu") -> Session:
-        if device != "cpu":
-            raise UnavailableError(f"the MNN engine runs on the CPU only, not {device!r}",
+    def _open(self, model: Model, opts: EngineOptions) -> Session:
+        if opts.device != "cpu":
+            raise UnavailableError(f"the MNN engine runs on the CPU only, not {opts.device!r}",
                                    hint="MNN's GPU backends need an MNN build with them")
-        return MNNSession(model, threads)
+        return MNNSession(model, opts.threads or default_threads(), opts.precision)

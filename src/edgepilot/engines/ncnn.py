@@ -5,7 +5,7 @@ import logging
 
 import numpy as np
 
-from edgepilot.engines.base import Engine, Session
+from edgepilot.engines.base import Engine, EngineOptions, Session, default_threads
 from edgepilot.errors import InputError, ModelError, RuntimeFailure, UnavailableError
 from edgepilot.model import Format, Model
 from edgepilot.optional import require
@@ -14,17 +14,14 @@ log = logging.getLogger(__name__)
 
 
 class NcnnSession(Session):
-    def __init__(self, model: Model, threads: int | None, fp16: bool):
+    def __init__(self, model: Model, threads: int, fp16: bool):
         ncnn = require("ncnn", "ncnn")
         self._ncnn = ncnn
         self.inputs, self.outputs = model.inputs, model.outputs
         net = ncnn.Net()
         net.opt.use_vulkan_compute = False
-        if threads is not None:
-            if threads < 1:
-                raise UnavailableError(f"ncnn needs at least one thread, not {threads}")
-            net.opt.num_threads = int(threads)
-        if not fp16:  # ncnn stores and computes in fp16 by default where the CPU can (F16C, ARMv8.2)
+        net.opt.num_threads = int(threads)
+        if not fp16:  # ncnn's own default is fp16 storage/arithmetic wherever the CPU can (F16C, ARMv8.2)
             for flag in ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic", "use_bf16_storage"):
                 setattr(net.opt, flag, False)
         weights = model.path.with_suffix(".bin")
@@ -39,7 +36,8 @@ class NcnnSession(Session):
             raise ModelError(f"{weights}: ncnn cannot load the weights (truncated, or not this model's)")
         self._net = net
         self.threads = net.opt.num_threads
-        self.fp16 = fp16
+        # ncnn stores (and on Armv8.2 computes) in fp16 only where the CPU has the instructions for it
+        self.precision = "fp16" if fp16 and (ncnn.cpu_support_arm_asimdhp() or _has_f16c()) else "fp32"
         missing = [t.name for t in model.inputs if t.name not in net.input_names()]
         missing += [t.name for t in model.outputs if t.name not in net.output_names() + net.input_names()
                     and not any(b.name == t.name for b in net.blobs())]
@@ -90,10 +88,17 @@ class NcnnEngine(Engine):
     package = "ncnn"
     extra = "ncnn"
 
-    def open(self, model: Model, *, threads: int | None = None, device: str = "cpu",
-             fp16: bool = True) -> Session:
-        """`fp16=False` turns off ncnn's fp16 storage and arithmetic, for results closest to fp32."""
-        if device != "cpu":
-            raise UnavailableError(f"the ncnn engine runs on the CPU only, not {device!r}",
+    def _open(self, model: Model, opts: EngineOptions) -> Session:
+        """ncnn's fp16 storage and arithmetic only with precision="fp16": fp32 otherwise."""
+        if opts.device != "cpu":
+            raise UnavailableError(f"the ncnn engine runs on the CPU only, not {opts.device!r}",
                                    hint="ncnn's Vulkan GPU path is not wired into edgepilot")
-        return NcnnSession(model, threads, fp16)
+        if opts.precision == "bf16":
+            raise UnavailableError("the ncnn engine computes in fp32 or fp16, not bf16")
+        return NcnnSession(model, opts.threads or default_threads(), opts.precision == "fp16")
+
+
+def _has_f16c() -> bool:
+    from edgepilot.host import cpu_flags
+
+    return "f16c" in cpu_flags()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgepilot.engines.base import Engine, Session
+from edgepilot.engines.base import Engine, EngineOptions, Session, default_threads
 from edgepilot.errors import ModelError, RuntimeFailure, UnavailableError
 from edgepilot.model import Format, Model
 from edgepilot.optional import require
@@ -12,16 +12,15 @@ _PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 
 class OnnxRuntimeSession(Session):
-    def __init__(self, model: Model, threads: int | None, device: str):
+    def __init__(self, model: Model, threads: int, device: str):
         ort = require("onnxruntime", "onnx")
         provider = _PROVIDERS.get(device)
         if provider not in ort.get_available_providers():
             raise UnavailableError(f"onnxruntime has no {device!r} provider here",
                                    hint=f"available: {', '.join(ort.get_available_providers())}")
         opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
+        opts.intra_op_num_threads = self.threads = threads
+        opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
         try:
             self._sess = ort.InferenceSession(str(model.path), opts, providers=[provider])
@@ -46,5 +45,6 @@ class OnnxRuntimeEngine(Engine):
     extra = "onnx"
     devices = ("cpu", "cuda")
 
-    def open(self, model: Model, *, threads: int | None = None, device: str = "cpu") -> Session:
-        return OnnxRuntimeSession(model, threads, device)
+    def _open(self, model: Model, opts: EngineOptions) -> Session:
+        # ONNX Runtime computes each operator in the type the model holds: `precision` does not apply.
+        return OnnxRuntimeSession(model, opts.threads or default_threads(), opts.device)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from edgepilot.engines.base import Engine, Session
+from edgepilot.engines.base import Engine, EngineOptions, Session
 from edgepilot.errors import InputError, ModelError, RuntimeFailure, UnavailableError
 from edgepilot.model import Format, Model
 from edgepilot.optional import require
@@ -206,8 +206,9 @@ class TensorRTEngine(Engine):
             return False, f"{why}; TensorRT needs an NVIDIA GPU"
         return True, f"tensorrt {trt.__version__}, {n} CUDA GPU{'s' if n > 1 else ''}"
 
-    def open(self, model: Model, *, threads: int | None = None, device: str = "cuda") -> Session:
-        index = _device_index(device)
+    def _open(self, model: Model, opts: EngineOptions) -> Session:
+        # A plan's precision was fixed when it was built; threads do not apply on the GPU.
+        index = _device_index(opts.device)
         ok, why = self.available()
         if not ok:
             raise UnavailableError(f"TensorRT is not available here: {why}", hint=_CUDA_HINT)

@@ -33,6 +33,7 @@ class BenchConfig(BaseModel, extra="forbid"):
     warmup: int = Field(10, ge=0)
     concurrency: int = Field(1, ge=1)
     device: str | None = None  # default: the engine's first device
+    precision: str | None = None  # EngineOptions.precision: None computes float models in fp32 on every engine
     shapes: dict[str, list[int]] = Field(default_factory=dict)  # explicit shapes for dynamic inputs
 
 
@@ -53,7 +54,8 @@ class BenchResult(BaseModel):
     format: str
     engine: str
     engine_version: str | None
-    threads: int | None
+    threads: int | None  # what the runtime used (None where threads do not apply)
+    precision: str = "as stored"  # the arithmetic the runtime used, as it reports it
     device: str
     load_ms: float
     latency: LatencyStats
@@ -99,15 +101,16 @@ def run_in_process(cfg: BenchConfig) -> BenchResult:
     model = Model.load(cfg.model)
     engine_cls = engine_for(model, cfg.engine)
     engine = engine_cls()
-    device = cfg.device or engine_cls.devices[0]
+    options = engine.options(threads=cfg.threads, device=cfg.device, precision=cfg.precision)
+    device = options.device
     t0 = time.perf_counter()
-    first = engine.open(model, threads=cfg.threads, device=device)
+    first = engine.open(model, options)
     load_ms = (time.perf_counter() - t0) * 1e3
     feeds = synthetic_feeds(first.inputs, cfg.batch, {k: tuple(v) for k, v in cfg.shapes.items()})
     pending = [first]
 
     def factory():
-        return pending.pop() if pending else engine.open(model, threads=cfg.threads, device=device)
+        return pending.pop() if pending else engine.open(model, options)
 
     meter, why_no_energy = _energy_meter(device)
     if meter is not None:
@@ -125,7 +128,8 @@ def run_in_process(cfg: BenchConfig) -> BenchResult:
     host = host_info()
     return BenchResult(
         model=str(model.path), format=model.format.value, engine=engine_cls.name,
-        engine_version=engine_cls.version(), threads=cfg.threads, device=device, load_ms=load_ms,
+        engine_version=engine_cls.version(), threads=first.threads, precision=first.precision, device=device,
+        load_ms=load_ms,
         latency=stats, rss_before_load_mb=rss_before / 2**20, peak_rss_mb=_peak_rss() / 2**20,
         outside_cpu_load_pct=round(outside, 2), energy=_energy(window, why_no_energy, stats),
         host=host.hostname, cpu_model=host.cpu_model,

@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgepilot.engines import engine_for, open_session
-from edgepilot.engines.base import Session
+from edgepilot.engines.base import Precision, Session
 from edgepilot.errors import ConfigError
 from edgepilot.evaluate.latency import synthetic_feeds
 from edgepilot.model import Format, Model
@@ -26,6 +26,8 @@ class ModelConfig(BaseModel):
     path: str
     engine: str | None = Field(None, description="default: the first available engine that runs the format")
     device: str | None = Field(None, description="default: the engine's first device (cpu, or cuda for TensorRT)")
+    precision: Precision | None = Field(None, description="fp32 (default), fp16 or bf16 on engines that choose "
+                                                          "their arithmetic (OpenVINO, ncnn, MNN)")
     warmup: int = Field(3, ge=0, description="inferences run on each session before the first item")
     cache_dir: str | None = Field("cache", description="compiled-model cache (OpenVINO, TensorRT); null: none")
 
@@ -50,7 +52,8 @@ def open_sessions(model: Model, cfg: ModelConfig, workers: int, threads: int) ->
         cache = Path(cfg.cache_dir)
         cache.mkdir(parents=True, exist_ok=True)
         cache = str(cache)
-    sessions = [open_session(model, engine.name, threads=threads, device=cfg.device, cache_dir=cache)
+    sessions = [open_session(model, engine.name, threads=threads, device=cfg.device, precision=cfg.precision,
+                             cache_dir=cache)
                 for _ in range(workers)]
     if cfg.warmup:
         feeds = synthetic_feeds(sessions[0].inputs, batch=1)
