@@ -332,3 +332,53 @@ def test_config_paths_are_relative_to_the_file(tmp_path):
     assert loaded.sources[0].path == str(tmp_path / "sub" / "imgs")
     assert loaded.sinks[0].path == str(tmp_path / "sub" / "out" / "r.jsonl")
     assert loaded.sinks[1].outbox == str(tmp_path / "sub" / "ob.db")
+
+
+def test_a_scripted_model_drives_rules_and_a_failing_call_does_not_stop_the_pipeline(tmp_path):
+    """The fake engine makes the model's behaviour exact: class 1 on frames 3..8, an exception on frame 10."""
+    import cv2
+
+    from edgepilot.engines.fake import FakeEngine, registered
+    from edgepilot.errors import RuntimeFailure
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(14):  # the frame number is written into the pixels, so the script knows which frame it sees
+        cv2.imwrite(str(folder / f"{i:03d}.png"), np.full((8, 8), i * 10, np.uint8))
+
+    def script(feeds):
+        frame = int(round(float(next(iter(feeds.values())).reshape(-1)[0]) * 255 / 10))
+        if frame == 10:
+            raise RuntimeFailure("scripted failure")
+        scores = np.zeros((1, 2), np.float32)
+        scores[0, int(3 <= frame <= 8)] = 1.0
+        return {"score": scores}
+
+    model = tmp_path / "two.onnx"
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph([helper.make_node("Reshape", ["x", "s"], ["flat"]),
+                               helper.make_node("Slice", ["flat", "a", "b", "c"], ["score"])], "two",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
+                              [helper.make_tensor_value_info("score", TensorProto.FLOAT, [1, 2])],
+                              [numpy_helper.from_array(np.array([1, 64], np.int64), "s"),
+                               *(numpy_helper.from_array(np.array([v], np.int64), n)
+                                 for n, v in (("a", 0), ("b", 2), ("c", 1)))])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(model))
+    cfg = {
+        "name": "scripted",
+        "model": {"path": str(model), "engine": "fake", "warmup": 0},
+        "sources": [{"type": "folder", "id": "belt", "path": "frames"}],
+        "preprocess": {"color": "gray", "normalize": "0-1", "resize": "stretch"},
+        "postprocess": {"type": "classification", "labels": ["no", "yes"], "top_k": 1},
+        "rules": [{"name": "yes", "when": {"label": "yes", "min_confidence": 0.5},
+                   "debounce": {"frames": 2}, "clear": {"frames": 2}, "actions": ["alert"]}],
+        "sinks": [{"type": "jsonl", "path": "events.jsonl", "what": "events"}],
+    }
+    with registered(FakeEngine.scripted(script)):
+        summary = Pipeline(load_pipeline_config(write_config(tmp_path / "p.yaml", cfg))).run()
+    assert summary["counters"]["completed"] == 14 and summary["counters"]["errors"] == 1
+    events = [json.loads(ln) for ln in (tmp_path / "events.jsonl").read_text().splitlines()]
+    # frame 10 failed, so it is neither a match nor a miss: 9 and 11 are the two misses that clear
+    assert [(e["state"], e["seq"]) for e in events] == [("raised", 4), ("cleared", 11)]

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from edgepilot import catalog
 from edgepilot.errors import ConfigError
 from edgepilot.evaluate.accuracy import Agreement
 from edgepilot.evaluate.latency import LatencyStats
@@ -24,7 +25,9 @@ def lat(p50: float) -> LatencyStats:
 
 
 def variant(name, engine, fmt, p50, top1, size_kib=100, rss=80.0, arena=None, error=None):
-    return VariantResult(variant=name, format=fmt, engine=engine, size_bytes=int(size_kib * 1024), top1=top1,
+    spec = catalog.get(name)
+    return VariantResult(variant=name, format=fmt, precision=spec and spec.precision, engine=engine,
+                         size_bytes=int(size_kib * 1024), top1=top1,
                          agreement=Agreement(top1_agreement=1.0, max_abs_error=0, mean_abs_error=0, cosine=1),
                          latency=None if error else lat(p50), peak_rss_mb=rss, arena_bytes=arena, error=error)
 

@@ -52,6 +52,16 @@ def cpu_flags() -> set[str]:
     return set((info.get("flags") or info.get("features") or "").split())
 
 
+# Capabilities a catalogue variant may need, by the CPU flags (x86 /proc/cpuinfo "flags", Arm "Features") that
+# give them.
+_CAPABILITIES = {"bf16": {"avx512_bf16", "amx_bf16", "bf16"}}
+
+
+def has_capability(name: str, flags: set[str] | None = None) -> bool:
+    """Whether this CPU has `name` (a key of _CAPABILITIES) in hardware."""
+    return bool(_CAPABILITIES[name] & (cpu_flags() if flags is None else flags))
+
+
 def _accelerators() -> list[Accelerator]:
     found: list[Accelerator] = []
     tegra = Path("/etc/nv_tegra_release")

@@ -17,43 +17,16 @@ from typing import Any
 
 from rich.progress import Progress
 
+from edgepilot import catalog
+from edgepilot.catalog import SOURCE
 from edgepilot.errors import EdgepilotError
 from edgepilot.evaluate.datasets import Dataset
+from edgepilot.host import has_capability
 from edgepilot.model import Format, Model
 from edgepilot.optional import require
 from edgepilot.passes import PassContext, all_passes
 
 log = logging.getLogger(__name__)
-SOURCE = "source"
-
-# (variant, pass, options, built from, format family). Order matters: sources come first.
-STEPS: list[tuple[str, str, dict[str, Any], str, str]] = [
-    ("tflite-fp32", "keras-to-tflite", {"precision": "float32"}, SOURCE, "tflite"),
-    ("tflite-dynamic", "keras-to-tflite", {"precision": "dynamic"}, SOURCE, "tflite"),
-    ("tflite-fp16", "keras-to-tflite", {"precision": "float16"}, SOURCE, "tflite"),
-    ("tflite-int8", "keras-to-tflite", {"precision": "int8"}, SOURCE, "tflite"),
-    ("micro-int8", "tflite-to-micro", {}, "tflite-int8", "micro"),
-    ("onnx-fp32", "keras-to-onnx", {}, SOURCE, "onnx"),
-    ("onnx-fp32", "torch-to-onnx", {}, SOURCE, "onnx"),
-    ("onnx-fp16", "onnx-fp16", {}, "onnx-fp32", "onnx"),
-    ("onnx-int8-dynamic", "onnx-quantize-dynamic", {}, "onnx-fp32", "onnx"),
-    ("onnx-int8-static", "onnx-quantize-static", {}, "onnx-fp32", "onnx"),
-    ("openvino-fp32", "to-openvino", {"precision": "fp32"}, "onnx-fp32", "openvino"),
-    ("openvino-fp16", "to-openvino", {"precision": "fp16"}, "onnx-fp32", "openvino"),
-    ("openvino-int8", "openvino-nncf-int8", {}, "onnx-fp32", "openvino"),
-    ("mnn-fp32", "onnx-to-mnn", {"precision": "fp32"}, "onnx-fp32", "mnn"),
-    ("mnn-fp16", "onnx-to-mnn", {"precision": "fp16"}, "onnx-fp32", "mnn"),
-    ("mnn-int8-weights", "onnx-to-mnn", {"precision": "int8-weights"}, "onnx-fp32", "mnn"),
-    ("mnn-int8", "mnn-quantize-int8", {}, "onnx-fp32", "mnn"),
-    ("ncnn-fp32", "onnx-to-ncnn", {"precision": "fp32"}, "onnx-fp32", "ncnn"),
-    ("ncnn-fp16", "onnx-to-ncnn", {"precision": "fp16"}, "onnx-fp32", "ncnn"),
-    ("tensorrt-fp16", "onnx-to-tensorrt", {"precision": "fp16"}, "onnx-fp32", "tensorrt"),
-]
-FAMILIES = sorted({s[4] for s in STEPS})
-# A source model of these formats is already the variant of that name.
-_SOURCE_IS = {Format.ONNX: "onnx-fp32", Format.TFLITE: "tflite-fp32"}
-
-
 @dataclass
 class Step:
     variant: str
@@ -81,27 +54,29 @@ class Record:
 
 def plan(model: Model, families: list[str] | None = None) -> list[Step]:
     """The steps that build the requested families from `model`, each from a source the plan provides."""
-    wanted = set(families or FAMILIES)
-    unknown = wanted - set(FAMILIES)
+    wanted = set(families or catalog.FAMILIES)
+    unknown = wanted - set(catalog.FAMILIES)
     if unknown:
-        raise EdgepilotError(f"unknown format {sorted(unknown)[0]!r}", hint=f"choose from {', '.join(FAMILIES)}")
+        raise EdgepilotError(f"unknown format {sorted(unknown)[0]!r}",
+                             hint=f"choose from {', '.join(catalog.FAMILIES)}")
     registered = all_passes()
-    have = {SOURCE} | ({_SOURCE_IS[model.format]} if model.format in _SOURCE_IS else set())
+    start = catalog.source_variant(model.format)
+    have = {SOURCE} | ({start} if start else set())
     steps: list[Step] = []
-    for variant, pass_name, options, source, _ in STEPS:
-        p = registered.get(pass_name)
-        unusable = p is None or (source == SOURCE and model.format not in p.consumes)
-        if variant in have or source not in have or unusable:
+    for spec in catalog.CATALOGUE:
+        p = registered.get(spec.pass_name)
+        unusable = (p is None or (spec.source == SOURCE and model.format not in p.consumes)
+                    or (spec.needs is not None and not has_capability(spec.needs)))
+        if spec.id in have or spec.source not in have or unusable:
             continue
-        steps.append(Step(variant, pass_name, options, source))
-        have.add(variant)
+        steps.append(Step(spec.id, spec.pass_name, spec.options, spec.source))
+        have.add(spec.id)
     needed = _needed(steps, wanted)
     return [s for s in steps if s.variant in needed]
 
 
 def _needed(steps: list[Step], wanted: set[str]) -> set[str]:
-    family = {v: f for v, _, _, _, f in STEPS}
-    needed = {s.variant for s in steps if family[s.variant] in wanted}
+    needed = {s.variant for s in steps if catalog.get(s.variant).family in wanted}
     by_variant = {s.variant: s for s in steps}
     frontier = list(needed)
     while frontier:  # keep the intermediate variants the wanted ones are built from
@@ -117,10 +92,11 @@ def run_plan(model: Model, steps: list[Step], out: Path, calibration: Dataset | 
     """Run every step; write out/variants/<id>/ and out/lineage.json. Never raises for one failed pass."""
     variants: dict[str, Model] = {SOURCE: model}
     records: list[Record] = []
-    if model.format in _SOURCE_IS:
-        variants[_SOURCE_IS[model.format]] = _copy_source(model, out / "variants" / _SOURCE_IS[model.format])
-        records.append(Record(_SOURCE_IS[model.format], "ok", source=SOURCE, reason="the source model itself",
-                              files=[str(f) for f in variants[_SOURCE_IS[model.format]].files]))
+    start = catalog.source_variant(model.format)
+    if start:
+        variants[start] = _copy_source(model, out / "variants" / start)
+        records.append(Record(start, "ok", source=SOURCE, reason="the source model itself",
+                              files=[str(f) for f in variants[start].files]))
     task = progress.add_task("optimizing", total=len(steps)) if progress else None
     registered = all_passes()
     for step in steps:

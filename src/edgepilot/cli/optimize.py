@@ -85,17 +85,13 @@ def register(app: typer.Typer) -> None:
             print_selection(console, select(report, target, Gates(max_accuracy_drop=cfg.max_accuracy_drop)))
 
 
-# Which format families feed each runtime: TFLite Micro runs (int8) TFLite models.
-_FAMILIES = {"litert": ["tflite"], "tflite-micro": ["tflite", "micro"], "onnxruntime": ["onnx"],
-             "openvino": ["openvino"], "mnn": ["mnn"], "ncnn": ["ncnn"], "tensorrt": ["tensorrt"]}
-
-
 def _families_for(target: str, requested: list[str] | None) -> list[str]:
+    from edgepilot.catalog import families_for
     from edgepilot.engines import all_engines
     from edgepilot.targets.profiles import get_board
 
     runtimes = list(all_engines()) if target == "host" else get_board(target).runtimes
-    families = sorted({f for r in runtimes for f in _FAMILIES.get(r, [])})
+    families = families_for(runtimes)
     return [f for f in families if requested is None or f in requested]
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel
 
+from edgepilot import catalog
 from edgepilot.engines import all_engines, open_session
 from edgepilot.errors import EdgepilotError
 from edgepilot.evaluate.accuracy import Agreement, agreement, predict, topk_accuracy
@@ -19,13 +20,15 @@ from edgepilot.host import host_info
 from edgepilot.model import Model
 
 log = logging.getLogger(__name__)
-REFERENCES = ("onnx-fp32", "tflite-fp32", "openvino-fp32")  # float32 variants a reference can come from
 
 
 class VariantResult(BaseModel):
     variant: str
     format: str
+    precision: str | None = None  # the catalogue's: fp32, fp16, bf16, int8, dynamic-int8, int8-weights
     engine: str | None = None
+    threads: int | None = None  # what the engine ran with in the latency benchmark
+    runtime_precision: str | None = None  # the arithmetic the engine reports it used ("as stored" where fixed)
     size_bytes: int = 0
     top1: float | None = None
     top5: float | None = None
@@ -57,24 +60,27 @@ def evaluate_one(vid: str, model: Model, ds: Dataset, *, seconds: float = 2.0,
                  threads: int | None = None) -> tuple[VariantResult, np.ndarray | None]:
     """One variant's accuracy in this process, then its latency and memory in a fresh subprocess."""
     engines = {n: e for n, e in all_engines().items() if e.available()[0]}
-    engine = next((n for n, e in engines.items() if model.format in e.formats), None)
-    if "arena_bytes" in model.meta and "tflite-micro" in engines:  # a TFLite Micro deliverable runs on TFLM
-        engine = "tflite-micro"
+    spec = catalog.get(vid)
+    engine = spec.engine if spec else next((n for n, e in engines.items() if model.format in e.formats), None)
+    compute = spec.compute if spec else None
     # a TFLite Micro deliverable also holds C sources: what goes to flash is the model's bytes
     size = int(model.meta.get("model_bytes", model.size_bytes))
-    r = VariantResult(variant=vid, format=model.format.value, engine=engine, size_bytes=size)
-    if engine is None:
-        r.error = f"no engine here runs {model.format.value}"
+    r = VariantResult(variant=vid, format=model.format.value, precision=spec.precision if spec else None,
+                      engine=engine, size_bytes=size)
+    if engine not in engines:
+        r.error = f"no engine here runs {model.format.value}" if engine is None else f"{engine} is not available here"
         return r, None
     outputs = None
     try:
-        with open_session(model, engine, threads=threads) as s:
+        with open_session(model, engine, threads=threads, precision=compute) as s:
             outputs = predict(s, fit_to_input(ds, s.inputs[0]))
         if ds.y is not None:
             r.top1 = topk_accuracy(outputs, ds.y, 1)
             r.top5 = topk_accuracy(outputs, ds.y, 5)
-        b = benchmark(BenchConfig(model=str(model.path), engine=engine, threads=threads, seconds=seconds))
+        b = benchmark(BenchConfig(model=str(model.path), engine=engine, threads=threads, precision=compute,
+                                  seconds=seconds))
         r.latency, r.load_ms, r.peak_rss_mb = b.latency, b.load_ms, b.peak_rss_mb
+        r.threads, r.runtime_precision = b.threads, b.precision
         r.arena_bytes = _arena(model, engines)
     except EdgepilotError as e:
         r.error = str(e)
@@ -99,7 +105,7 @@ def evaluate_variants(variants: dict[str, Model], ds: Dataset, *, seconds: float
         results.append(r)
         if progress:
             progress.advance(task)
-    reference = next((v for v in REFERENCES if v in outputs), None)
+    reference = next((v for v in catalog.REFERENCES if v in outputs), None)
     for r in results:
         if reference and r.variant in outputs:
             r.agreement = agreement(outputs[r.variant], outputs[reference])
@@ -133,12 +139,13 @@ def measure_gflops(n: int = 512, repeats: int = 5) -> float:
 
 
 def _flag_slow_int8(results: list[VariantResult]) -> None:
-    """int8 is not faster on every CPU (this one has no VNNI): say so with the measured ratio."""
-    fp32 = {(r.format, r.engine): r for r in results if r.variant.endswith("fp32") and r.latency}
+    """int8 is not faster on every CPU (without VNNI it often is not): say so with the measured ratio."""
+    fp32 = {(r.format, r.engine): r for r in results if r.precision == catalog.FP32 and r.latency}
     for r in results:
         base = fp32.get((r.format, r.engine))  # same format on the same runtime: only precision differs
         # 5 % margin: a smaller difference is within run-to-run noise on a shared machine
-        if "int8" in r.variant and r.latency and base and r.latency.p50_ms > 1.05 * base.latency.p50_ms:
+        quantized = r.precision in (catalog.INT8, catalog.DYNAMIC_INT8)
+        if quantized and r.latency and base and r.latency.p50_ms > 1.05 * base.latency.p50_ms:
             r.flags.append(f"int8 slower than fp32 here: {r.latency.p50_ms / base.latency.p50_ms:.2f}x the p50 of "
                            f"{base.variant}")
 
@@ -209,7 +216,8 @@ def write_html(report: Report, out: Path) -> None:
 
     rows = [r for r in report.variants if not r.error]
     names = [r.variant for r in rows]
-    colors = ["#DD8452" if "int8" in n else "#55A868" if ("fp16" in n or "float16" in n) else "#4C72B0" for n in names]
+    palette = {catalog.FP16: "#55A868", catalog.BF16: "#8172B3", **{q: "#DD8452" for q in catalog.QUANTIZED}}
+    colors = [palette.get(r.precision, "#4C72B0") for r in rows]
     figures = [
         ("Top-1 accuracy", plots.bars(names, [r.top1 for r in rows], "Top-1 accuracy per variant", "top-1", colors)),
         ("Latency", plots.bars(names, [r.latency.p50_ms if r.latency else None for r in rows],

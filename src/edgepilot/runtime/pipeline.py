@@ -215,8 +215,9 @@ class Pipeline:
             item = self.postprocess.process(item)  # never raises: a bad output becomes item.error
             item.timings["postprocess"] = dt = time.perf_counter() - t0
             self.stats.stage("postprocess", dt)
+            if item.error:  # failed inference was counted by the scheduler
+                self.stats.count("errors", item.source)
         if item.error:
-            self.stats.count("errors", item.source)
             log.warning("%s #%d: %s", item.source, item.seq, item.error)
         t0 = time.perf_counter()
         self.rules.process(item)

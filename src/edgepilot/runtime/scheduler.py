@@ -188,10 +188,10 @@ class Scheduler:
         except Exception as e:  # one bad batch never stops the pipeline
             dt = time.perf_counter() - t0
             self.stats.inference(dt, n, ok=False)
-            self.stats.count("errors", n=n)
             log.warning("inference failed for %d item(s): %s", n, e)
-            for it in ready:
+            for it in ready:  # counted here, once per item; delivery does not count them again
                 it.error = f"inference failed: {e}"
+                self.stats.count("errors", it.source)
             return
         dt = time.perf_counter() - t0
         self.stats.inference(dt, n)

@@ -9,6 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from edgepilot import catalog
 from edgepilot.evaluate.report import Report, VariantResult
 from edgepilot.targets.profiles import Board, get_board
 
@@ -82,10 +83,10 @@ def _rank_key(c: Candidate):
 _FP16_COMPUTE = {"mnn", "ncnn", "openvino"}
 
 
-def _speedup(board: Board, variant: str, engine: str) -> float:
-    if "int8" in variant and "weights" not in variant:  # full int8, not int8 weights with float compute
+def _speedup(board: Board, precision: str | None, engine: str) -> float:
+    if precision == catalog.INT8:  # int8 arithmetic throughout, not int8 weights with float compute
         return board.int8_speedup
-    if ("fp16" in variant or "float16" in variant) and engine in _FP16_COMPUTE:
+    if precision == catalog.FP16 and engine in _FP16_COMPUTE:
         return board.fp16_speedup
     return 1.0
 
@@ -109,7 +110,7 @@ def _assess(v: VariantResult, board: Board | None, report: Report, reference: Va
         c.p50_ms, c.p95_ms, c.latency = v.latency.p50_ms, v.latency.p95_ms, "measured"
     elif report.host_gflops:
         scale = report.host_gflops / board.est_gflops
-        scale /= _speedup(board, v.variant, c.engine)
+        scale /= _speedup(board, v.precision, c.engine)
         c.p50_ms, c.p95_ms, c.latency = v.latency.p50_ms * scale, v.latency.p95_ms * scale, "estimated"
     # memory fit
     if mcu:
