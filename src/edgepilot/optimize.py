@@ -35,6 +35,7 @@ STEPS: list[tuple[str, str, dict[str, Any], str, str]] = [
     ("micro-int8", "tflite-to-micro", {}, "tflite-int8", "micro"),
     ("onnx-fp32", "keras-to-onnx", {}, SOURCE, "onnx"),
     ("onnx-fp32", "torch-to-onnx", {}, SOURCE, "onnx"),
+    ("onnx-fp32", "onnx-fold-constants", {}, SOURCE, "onnx"),  # an ONNX source, its weights in initializers
     ("onnx-fp16", "onnx-fp16", {}, "onnx-fp32", "onnx"),
     ("onnx-int8-dynamic", "onnx-quantize-dynamic", {}, "onnx-fp32", "onnx"),
     ("onnx-int8-static", "onnx-quantize-static", {}, "onnx-fp32", "onnx"),
@@ -51,7 +52,7 @@ STEPS: list[tuple[str, str, dict[str, Any], str, str]] = [
 ]
 FAMILIES = sorted({s[4] for s in STEPS})
 # A source model of these formats is already the variant of that name.
-_SOURCE_IS = {Format.ONNX: "onnx-fp32", Format.TFLITE: "tflite-fp32"}
+_SOURCE_IS = {Format.TFLITE: "tflite-fp32"}
 
 
 @dataclass
