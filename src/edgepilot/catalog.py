@@ -42,6 +42,8 @@ CATALOGUE: tuple[VariantSpec, ...] = (  # in build order: a row's source comes b
     _S("micro-int8", "micro", INT8, "tflite-micro", "tflite-to-micro", "tflite-int8"),
     _S("onnx-fp32", "onnx", FP32, "onnxruntime", "keras-to-onnx", SOURCE),
     _S("onnx-fp32", "onnx", FP32, "onnxruntime", "torch-to-onnx", SOURCE),
+    # an ONNX source with its weights in initializers (paddle2onnx keeps them in Constant nodes)
+    _S("onnx-fp32", "onnx", FP32, "onnxruntime", "onnx-fold-constants", SOURCE),
     _S("onnx-fp16", "onnx", FP16, "onnxruntime", "onnx-fp16", "onnx-fp32"),
     _S("onnx-int8-dynamic", "onnx", DYNAMIC_INT8, "onnxruntime", "onnx-quantize-dynamic", "onnx-fp32"),
     _S("onnx-int8-static", "onnx", INT8, "onnxruntime", "onnx-quantize-static", "onnx-fp32"),
@@ -62,7 +64,7 @@ CATALOGUE: tuple[VariantSpec, ...] = (  # in build order: a row's source comes b
 )
 FAMILIES = sorted({s.family for s in CATALOGUE})
 # A source model of these formats already is the variant of that id.
-_SOURCE_VARIANT = {Format.ONNX: "onnx-fp32", Format.TFLITE: "tflite-fp32"}
+_SOURCE_VARIANT = {Format.TFLITE: "tflite-fp32"}
 # Float32 variants the agreement reference comes from, in order of preference.
 REFERENCES = ("onnx-fp32", "tflite-fp32", "openvino-fp32")
 

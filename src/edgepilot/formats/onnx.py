@@ -23,7 +23,7 @@ def describe(path: Path, fmt: Format = Format.ONNX) -> Model:
     initializers = {t.name for t in graph.initializer}
     inputs = [_spec(onnx, v) for v in graph.input if v.name not in initializers]
     outputs = [_spec(onnx, v) for v in graph.output]
-    params = int(sum(np.prod(t.dims, dtype=np.int64) for t in graph.initializer))
+    params = _count_params(graph)
     files = [path] + [path.parent / loc for loc in _external_files(graph)]
     return Model(
         path=path, format=Format.ONNX, inputs=inputs, outputs=outputs, params=params,
@@ -41,6 +41,13 @@ def _spec(onnx, value) -> TensorSpec:
     if t.HasField("shape"):
         shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim)
     return TensorSpec(value.name, dtype, shape)
+
+
+def _count_params(graph) -> int:
+    """Elements of the initializers and of Constant-node tensors (paddle2onnx exports keep weights there)."""
+    tensors = list(graph.initializer) + [a.t for n in graph.node if n.op_type == "Constant" and not n.domain
+                                         for a in n.attribute if a.name == "value"]
+    return int(sum(np.prod(t.dims, dtype=np.int64) for t in tensors))
 
 
 def _external_files(graph) -> set[str]:

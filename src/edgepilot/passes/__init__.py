@@ -16,6 +16,7 @@ _REGISTRY = (
     "edgepilot.passes.onnx_to_mnn:OnnxToMNN",
     "edgepilot.passes.onnx_to_ncnn:OnnxToNcnn",
     "edgepilot.passes.onnx_simplify:OnnxSimplify",
+    "edgepilot.passes.onnx_fold_constants:OnnxFoldConstants",
     "edgepilot.passes.onnx_fp16:OnnxFp16",
     "edgepilot.passes.onnx_quantize:OnnxQuantizeDynamic",
     "edgepilot.passes.onnx_quantize:OnnxQuantizeStatic",
