@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from brokers import Subscriber
+from edgepilot.errors import ConfigError
 from edgepilot.runtime.pipeline import Pipeline, PipelineConfig, load_pipeline_config
 
 EXE = [sys.executable, "-c", "from edgepilot.cli import main; main()"]
@@ -382,3 +383,13 @@ def test_a_scripted_model_drives_rules_and_a_failing_call_does_not_stop_the_pipe
     events = [json.loads(ln) for ln in (tmp_path / "events.jsonl").read_text().splitlines()]
     # frame 10 failed, so it is neither a match nor a miss: 9 and 11 are the two misses that clear
     assert [(e["state"], e["seq"]) for e in events] == [("raised", 4), ("cleared", 11)]
+
+
+def test_an_mqtt_action_without_an_mqtt_sink_is_a_config_error(tmp_path):
+    cfg = {"model": {"path": "m.onnx"}, "sources": [{"type": "folder", "path": "frames"}],
+           "rules": [{"name": "r", "when": {"label": "x"}, "actions": ["alert", {"mqtt": "alerts/x"}]}],
+           "sinks": [{"type": "jsonl", "path": "out.jsonl"}]}
+    with pytest.raises(ConfigError, match="no sink is of type mqtt"):
+        load_pipeline_config(write_config(tmp_path / "p.yaml", cfg))
+    cfg["sinks"].append({"type": "mqtt", "mqtt": {"host": "127.0.0.1", "port": 1883}})
+    assert load_pipeline_config(write_config(tmp_path / "p.yaml", cfg)).rules[0].actions[1].target == "alerts/x"

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edgepilot.config import load_yaml
 from edgepilot.errors import ConfigError, EdgepilotError
@@ -47,6 +47,15 @@ class PipelineConfig(BaseModel):
     sinks: list[SinkConfig] = Field(default_factory=lambda: [{"type": "stdout"}])
     logging: LogConfig | None = None
     workdir: str = Field(".edgepilot", description="state kept between runs (webhook spools)")
+
+    @model_validator(mode="after")
+    def _mqtt_actions_have_a_broker(self) -> PipelineConfig:
+        # an {mqtt: topic} action publishes through the pipeline's MQTT sink: without one it would go nowhere
+        if any(a.kind == "mqtt" for r in self.rules for a in r.actions) and not any(
+                s.type == "mqtt" for s in self.sinks):
+            raise ValueError("a rule action publishes to an MQTT topic, but no sink is of type mqtt "
+                             "(add one: it names the broker and the outbox)")
+        return self
 
 
 def load_pipeline_config(path: str | Path) -> PipelineConfig:
