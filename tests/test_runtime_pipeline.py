@@ -379,10 +379,16 @@ def test_a_scripted_model_drives_rules_and_a_failing_call_does_not_stop_the_pipe
     }
     with registered(FakeEngine.scripted(script)):
         summary = Pipeline(load_pipeline_config(write_config(tmp_path / "p.yaml", cfg))).run()
-    assert summary["counters"]["completed"] == 14 and summary["counters"]["errors"] == 1
-    events = [json.loads(ln) for ln in (tmp_path / "events.jsonl").read_text().splitlines()]
-    # frame 10 failed, so it is neither a match nor a miss: 9 and 11 are the two misses that clear
-    assert [(e["state"], e["seq"]) for e in events] == [("raised", 4), ("cleared", 11)]
+        assert summary["counters"]["completed"] == 14 and summary["counters"]["errors"] == 1
+        events = [json.loads(ln) for ln in (tmp_path / "events.jsonl").read_text().splitlines()]
+        # frame 10 failed, so it is neither a match nor a miss: 9 and 11 are the two misses that clear
+        assert [(e["state"], e["seq"]) for e in events] == [("raised", 4), ("cleared", 11)]
+        # a rerun over the same files emits the same events with the same ids: subscribers drop duplicates
+        cfg["sinks"] = [{"type": "jsonl", "path": "again.jsonl", "what": "events"}]
+        Pipeline(load_pipeline_config(write_config(tmp_path / "p.yaml", cfg))).run()
+    again = [json.loads(ln) for ln in (tmp_path / "again.jsonl").read_text().splitlines()]
+    assert [e["event_id"] for e in again] == [e["event_id"] for e in events]
+    assert len({e["event_id"] for e in events}) == 2
 
 
 def test_an_mqtt_action_without_an_mqtt_sink_is_a_config_error(tmp_path):

@@ -106,7 +106,7 @@ class Pipeline:
         self.preprocess = Preprocessor(cfg.preprocess, self.model.inputs[0])
         self.postprocess = build_postprocessor(cfg.postprocess, self.model.outputs, self.preprocess.input_size)
         self.quality = QualityChecker(cfg.quality)
-        self.rules = RuleEngine(cfg.rules)
+        self.rules = RuleEngine(cfg.rules, namespace=cfg.name)
         self.sources = [open_source(s) for s in cfg.sources]
         ids = [s.id for s in self.sources]
         if len(set(ids)) != len(ids):

@@ -37,6 +37,7 @@ re-exported here.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import threading
@@ -209,8 +210,10 @@ def _inside(p: tuple[float, float], poly: list[tuple[float, float]]) -> bool:
 class RuleEngine:
     """Evaluates rules on items and appends their Events to `item.events`; state is kept per (rule, source)."""
 
-    def __init__(self, rules: list[RuleConfig]) -> None:
+    def __init__(self, rules: list[RuleConfig], namespace: str = "pipeline") -> None:
+        """`namespace` (the pipeline's name) goes into every event id."""
         _check_unique(rules, ConfigError)
+        self._namespace = namespace
         self._rules = [_Rule.build(r) for r in rules]
         self._states: dict[tuple[str, str], _State] = {}
         self._lock = threading.Lock()
@@ -284,7 +287,8 @@ class RuleEngine:
                data: dict[str, Any]) -> Event:
         cfg = rule.cfg
         ev = Event(rule=cfg.name, source=item.source, seq=item.seq, kind=kind, state=state, severity=cfg.severity,
-                   message=message, data=data, mqtt_topics=rule.mqtt_topics, webhooks=rule.webhooks, ts=item.ts)
+                   message=message, data=data, mqtt_topics=rule.mqtt_topics, webhooks=rule.webhooks, ts=item.ts,
+                   event_id=event_id(self._namespace, item, cfg.name, kind, state))
         item.events.append(ev)
         rule.counts["events"] += 1
         return ev
@@ -315,3 +319,15 @@ class RuleEngine:
             active = [name for (name, _), st in self._states.items() if st.active_since is not None]
             return {"items": self._items,
                     "rules": {r.cfg.name: {**r.counts, "active": active.count(r.cfg.name)} for r in self._rules}}
+
+
+def event_id(namespace: str, item: Item, rule: str, kind: str, state: str | None) -> str:
+    """The same event gets the same id after a restart, so subscribers can drop the duplicates.
+
+    A file's frames have a position in the file (path, frame index) that a rerun reproduces; live frames
+    have only their capture time, which a restart never repeats.
+    """
+    meta = item.meta
+    position = (f"{meta['path']}#{meta.get('frame_index', '')}" if "path" in meta else f"t{item.ts:.6f}")
+    key = "\x1f".join((namespace, item.source, position, rule, kind, state or ""))
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
