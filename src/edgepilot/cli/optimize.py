@@ -134,12 +134,13 @@ def print_summary(console: Console, report, records, out: Path) -> None:
     """The variants table, then every failure, flag and error, then where the report is."""
     t = Table(title=f"{Path(report.source).name}: {len(report.variants)} variants, {report.task or 'no task'}; "
                     f"agreement with the reference {report.reference}")
-    metric = report.task_metric or "agreement"
-    for col in ("variant", "engine", "KiB", "top-1 (labels)", metric, "p50 ms", "p99 ms", "peak MiB"):
+    labels = ["top-1 (labels)"] if report.labelled else []  # without labels there is no accuracy to show
+    for col in ("variant", "engine", "KiB", *labels, report.task_metric or "agreement", "p50 ms", "p99 ms",
+                "peak MiB"):
         t.add_column(col, justify="left" if col in ("variant", "engine") else "right", no_wrap=True)
     for r in report.variants:
         lat, a = r.latency, r.agreement
-        t.add_row(r.variant, r.engine or "-", f"{r.size_bytes / 1024:.1f}", fmt(r.top1, ".4f"),
+        t.add_row(r.variant, r.engine or "-", f"{r.size_bytes / 1024:.1f}", *([fmt(r.top1, ".4f")] if labels else []),
                   fmt(a and a.value, ".4f"), fmt(lat and lat.p50_ms, ".3f"), fmt(lat and lat.p99_ms, ".3f"),
                   fmt(r.peak_rss_mb, ".0f"))
     console.print(t)

@@ -269,6 +269,7 @@ def _task_of(report: Report) -> str:
 
 
 def write_report(report: Report, out: Path) -> None:
+    (out / "report.json").write_text(report.model_dump_json(indent=2))
     task = _task_of(report)
     cols = _TASK_COLUMNS[task]
     labels = ["top-1 (labels)", "top-5 (labels)"] if report.labelled else []
