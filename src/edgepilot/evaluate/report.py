@@ -104,7 +104,7 @@ def score_variant(r: VariantResult, outputs: dict[str, np.ndarray], ref: Referen
                   ) -> None:
     """Set r's accuracy against labels, its agreement with the reference and the drop the gates read."""
     try:
-        aligned = align(outputs, ref.spec)
+        aligned = align(outputs, ref.spec, ref.outputs)
         r.top1, r.top5 = label_accuracy(ref.spec, aligned, labels)
         r.agreement = score(ref.spec, aligned, ref.outputs)
     except EdgepilotError as e:

@@ -68,15 +68,20 @@ class SanityCheck:
         ref = self.reference
         if ref is not None and len(outputs) != len(ref):
             return f"{len(outputs)} outputs where the reference {self.reference_id} has {len(ref)}"
+        unmatched = list(range(len(ref))) if ref is not None else []
         for k, out in enumerate(outputs):
             a = np.asarray(out)
             if a.dtype.kind == "f" and not np.isfinite(a).all():
                 return f"output {k} holds NaN or infinite values"
-            r = None if ref is None else np.asarray(ref[k])
-            if r is not None and a.shape != r.shape:
-                return f"output {k} has shape {list(a.shape)} where the reference has {list(r.shape)}"
-            if r is None:
+            if ref is None:
                 continue
+            # converters may reorder outputs: the same output, in order, else the first left with this shape
+            j = k if k in unmatched and ref[k].shape == a.shape else next(
+                (i for i in unmatched if ref[i].shape == a.shape), None)
+            if j is None:
+                return f"output {k} has shape {list(a.shape)} where the reference has {list(ref[k].shape)}"
+            unmatched.remove(j)
+            r = np.asarray(ref[j])
             if a[:1].size > 1 and _constant(a) and not _constant(r):
                 return f"output {k} is constant (every value {a.flat[0]:.4g})"
             if len(a) > 1 and _collapsed(a) and not _collapsed(r):

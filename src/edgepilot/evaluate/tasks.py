@@ -142,16 +142,28 @@ def resolve(model: Model, task: str | None = None, postprocess: PostprocessConfi
     return TaskSpec(task, list(model.outputs), postprocess if task == "detection" else None, size, not given)
 
 
-def align(outputs: dict[str, np.ndarray], spec: TaskSpec) -> dict[str, np.ndarray]:
-    """A variant's outputs under the reference's names: by name where they all match, else in order.
+def align(outputs: dict[str, np.ndarray], spec: TaskSpec, reference: dict[str, np.ndarray] | None = None
+          ) -> dict[str, np.ndarray]:
+    """A variant's outputs under the reference's names: by name where they all match, else in order — or, where
+    `reference` is given and the order does not fit its shapes, by shape.
 
-    Converters rename outputs (TFLite, OpenVINO, ncnn do), and keep their order."""
+    Converters rename outputs (TFLite, OpenVINO, ncnn do); most keep their order."""
     names = [o.name for o in spec.outputs]
     if set(names) <= set(outputs):
         return {n: outputs[n] for n in names}
     if len(outputs) != len(names):
         raise ConfigError(f"the variant has {len(outputs)} outputs where the reference has {len(names)}")
-    return dict(zip(names, outputs.values()))
+    by_order = dict(zip(names, outputs.values()))
+    if reference is None or all(by_order[n].shape == reference[n].shape for n in names):
+        return by_order
+    left = list(outputs.values())
+    by_shape = {}
+    for n in names:
+        match = next((k for k, a in enumerate(left) if a.shape == reference[n].shape), None)
+        if match is None:
+            return by_order  # score() names the shape that differs
+        by_shape[n] = left.pop(match)
+    return by_shape
 
 
 def score(spec: TaskSpec, outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> Agreement:
