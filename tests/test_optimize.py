@@ -88,14 +88,15 @@ def test_optimize_command_on_a_pytorch_model(tmp_path):
     assert report["reference"] == "onnx-fp32"
     for r in rows.values():
         assert r["error"] is None, r
-        assert r["top1"] == pytest.approx(1.0, abs=0.02) and r["agreement"]["top1_agreement"] >= 0.98
+        assert r["top1"] == pytest.approx(1.0, abs=0.02) and r["agreement"]["value"] >= 0.98
         assert 0 < r["latency"]["p50_ms"] <= r["latency"]["p99_ms"] and r["peak_rss_mb"] > 0
     lineage = json.loads((out / "lineage.json").read_text())
     first = lineage["variants"][0]
     assert first["variant"] == "onnx-fp32" and first["pass_name"] == "torch-to-onnx" and first["tools"]["torch"]
     assert "| mnn-fp32 | mnn |" in (out / "report.md").read_text()
     page = (out / "report.html").read_text()
-    assert page.count("<img") == 5 and page.count("data:image/png;base64,") == 5 and "<table>" in page
+    # task metric, top-1 against labels, latency, size, Pareto, weight error
+    assert page.count("<img") == 6 and page.count("data:image/png;base64,") == 6 and "<table>" in page
     assert "Weight quantisation error by bit depth" in page
 
 

@@ -10,9 +10,9 @@ import pytest
 
 from edgepilot import catalog
 from edgepilot.errors import ConfigError
-from edgepilot.evaluate.accuracy import Agreement
 from edgepilot.evaluate.latency import LatencyStats
 from edgepilot.evaluate.report import Report, VariantResult
+from edgepilot.evaluate.tasks import Agreement
 from edgepilot.host import Accelerator, HostInfo
 from edgepilot.targets.profiles import detect_host, get_board, load_profiles
 from edgepilot.targets.select import Gates, McuOverhead, select
@@ -24,24 +24,25 @@ def lat(p50: float) -> LatencyStats:
                         max_ms=p50 * 2, throughput_sps=1000 / p50)
 
 
-def variant(name, engine, fmt, p50, top1, size_kib=100, rss=80.0, arena=None, error=None):
+def variant(name, engine, fmt, p50, top1, size_kib=100, rss=80.0, arena=None, error=None, int8=None):
     spec = catalog.get(name)
     return VariantResult(variant=name, format=fmt, precision=spec and spec.precision, engine=engine,
                          size_bytes=int(size_kib * 1024), top1=top1,
-                         agreement=Agreement(top1_agreement=1.0, max_abs_error=0, mean_abs_error=0, cosine=1),
+                         agreement=Agreement(task="classification", metric="top-1 agreement", value=1.0),
+                         accuracy_drop=0.99 - top1, int8=int8,
                          latency=None if error else lat(p50), peak_rss_mb=rss, arena_bytes=arena, error=error)
 
 
 def report(*variants, reference="onnx-fp32") -> Report:
     return Report(source="m.keras", dataset="digits", samples=360, reference=reference, host="h", cpu="x86",
-                  host_gflops=70.0, variants=list(variants))
+                  host_gflops=70.0, labelled=True, task_metric="top-1 agreement", variants=list(variants))
 
 
 REPORT = report(
     variant("onnx-fp32", "onnxruntime", "onnx", 1.0, 0.99),
     variant("tflite-fp32", "litert", "tflite", 0.8, 0.99, arena=40_000),
-    variant("tflite-int8", "litert", "tflite", 1.2, 0.985, size_kib=30, arena=12_000),
-    variant("openvino-int8", "openvino", "openvino", 0.5, 0.95),
+    variant("tflite-int8", "litert", "tflite", 1.2, 0.985, size_kib=30, arena=12_000, int8=True),
+    variant("openvino-int8", "openvino", "openvino", 0.5, 0.95, int8=True),
     variant("tensorrt-fp16", "tensorrt", "tensorrt", 0.3, 0.99, error="no engine here runs tensorrt"),
 )
 
@@ -50,7 +51,8 @@ def test_host_picks_the_fastest_that_passes_the_gates():
     sel = select(REPORT, "host")
     assert sel.chosen.variant == "tflite-fp32" and sel.chosen.latency == "measured"
     reasons = {c.variant: c.reasons for c in sel.dropped}
-    assert reasons["openvino-int8"] == ["loses 0.0400 top-1 (gate 0.01)"]  # faster, but fails the gate
+    # faster, but fails the gate
+    assert reasons["openvino-int8"] == ["loses 0.0400 top-1 against the reference (gate 0.01)"]
     assert "was not measured" in reasons["tensorrt-fp16"][0]
     # never a variant slower than the fp32 baseline when a faster one passes
     assert sel.chosen.p50_ms <= next(c.p50_ms for c in sel.ranked if c.variant == "onnx-fp32")

@@ -90,13 +90,21 @@ def _needed(steps: list[Step], wanted: set[str]) -> set[str]:
 def run_plan(model: Model, steps: list[Step], out: Path, calibration: Dataset | None = None,
              progress: Progress | None = None) -> tuple[dict[str, Model], list[Record]]:
     """Run every step; write out/variants/<id>/ and out/lineage.json. Never raises for one failed pass."""
+    from edgepilot.evaluate.sanity import SanityCheck
+
     variants: dict[str, Model] = {SOURCE: model}
     records: list[Record] = []
+    sanity = SanityCheck(calibration)  # every variant loads, runs and gives the reference's output shapes
     start = catalog.source_variant(model.format)
     if start:
         variants[start] = _copy_source(model, out / "variants" / start)
         records.append(Record(start, "ok", source=SOURCE, reason="the source model itself",
                               files=[str(f) for f in variants[start].files]))
+        try:
+            sanity.check(start, variants[start])
+        except EdgepilotError as e:
+            records[-1].status, records[-1].reason = "failed", str(e)
+            variants.pop(start)
     task = progress.add_task("optimizing", total=len(steps)) if progress else None
     registered = all_passes()
     for step in steps:
@@ -117,8 +125,9 @@ def run_plan(model: Model, steps: list[Step], out: Path, calibration: Dataset | 
             if reasons:
                 raise _Skip("; ".join(reasons))
             result = p.run(src, p.options(**step.options), ctx)
-            variants[step.variant] = result
             rec.files = [str(f) for f in result.files]
+            sanity.check(step.variant, result)
+            variants[step.variant] = result
             if calibration is not None and "calibration_samples" in ctx.notes:  # set by passes that calibrate
                 rec.calibration_sha256 = calibration.fingerprint()
             rec.notes = ctx.notes
@@ -184,50 +193,54 @@ RETRIES: dict[str, list[dict[str, Any]]] = {
 
 def optimize_and_report(source: Model, ds: Dataset, out: Path, families: list[str] | None = None, *,
                         calibration_samples: int = 200, eval_samples: int = 1000, seconds: float = 2.0,
-                        threads: int | None = None, max_accuracy_drop: float = 0.01,
+                        threads: int | None = None, max_accuracy_drop: float | None = 0.01,
+                        min_agreement: float | None = None, task: str | None = None, postprocess=None,
                         calibration: Dataset | None = None, progress: Progress | None = None):
     """Plan, build, measure and report: writes variants/, lineage.json and report.{json,md,html} under `out`.
 
     Calibration samples come from `calibration` when given (e.g. the training split), else from `ds`.
-    A quantised variant over the accuracy gate is rebuilt with the RETRIES settings until one passes;
-    the report lists every try.
+    `task` and `postprocess` (a PostprocessConfig) say how to read the outputs; inferred when None.
+    A quantised variant over the accuracy gates (on the task metric) is rebuilt with the RETRIES settings
+    until one passes; the report lists every try.
     """
     from edgepilot.evaluate.report import build_report, evaluate_variants, write_html, write_report
+    from edgepilot.targets.select import Gates, accuracy_reasons
 
     out.mkdir(parents=True, exist_ok=True)
     calib = (calibration or ds).subset(calibration_samples)
     eval_set = ds.subset(eval_samples, seed=1)
     variants, records = run_plan(source, plan(source, families), out, calib, progress)
-    results, reference, ref_out = evaluate_variants(variants, eval_set, seconds=seconds, threads=threads,
-                                                    progress=progress)
-    ref = next((r for r in results if r.variant == reference), None)
+    results, ref = evaluate_variants(variants, eval_set, seconds=seconds, threads=threads, progress=progress,
+                                     task=task, postprocess=postprocess)
+    gates = Gates(max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement)
+    analysed = variants.get("onnx-fp32") or (source if source.format in (Format.ONNX, Format.KERAS) else None)
+    report = build_report(source, ds, results, ref, analysed)
     by_record = {r.variant: r for r in records}
-    for i, r in enumerate(results):
-        if ref is None or ref.top1 is None or r.top1 is None or ref.top1 - r.top1 <= max_accuracy_drop:
+    for i, r in enumerate(report.variants):
+        failing = accuracy_reasons(r, gates, report) if ref is not None and r.variant != ref.variant else []
+        if not failing:
             continue
         rec = by_record.get(r.variant)
         tries = RETRIES.get(rec.pass_name, []) if rec else []
-        better, tried = _retry(rec, variants, tries, out, calib, eval_set, ref.top1 - max_accuracy_drop, ref_out,
+        better, tried = _retry(rec, variants, tries, out, calib, eval_set, ref, gates, report,
                                seconds=seconds, threads=threads) if tries else (None, [])
         if better is not None:
-            results[i] = better
+            report.variants[i] = better
         else:
             r.tries = tried
-            r.flags.append(f"rejected by the accuracy gate: top-1 {ref.top1 - r.top1:.4f} below the reference "
-                           f"(allowed {max_accuracy_drop})" + (f"; {len(tried)} safer settings tried, none passed"
-                                                              if tried else "; no safer setting to try"))
-    analysed = variants.get("onnx-fp32") or (source if source.format in (Format.ONNX, Format.KERAS) else None)
-    report = build_report(source, ds, results, reference, analysed)
+            r.flags.append(f"rejected by the accuracy gate: {'; '.join(failing)}"
+                           + (f"; {len(tried)} safer settings tried, none passed" if tried
+                              else "; no safer setting to try"))
     write_report(report, out)
     write_html(report, out)
     return report, records
 
 
 def _retry(rec: Record, variants: dict[str, Model], tries: list[dict[str, Any]], out: Path, calib: Dataset,
-           eval_set: Dataset, needed_top1: float, ref_out, *, seconds: float, threads: int | None):
-    """Rebuild a variant with each safer setting in turn; the first that passes the gate replaces it."""
-    from edgepilot.evaluate.accuracy import agreement
-    from edgepilot.evaluate.report import evaluate_one
+           eval_set: Dataset, ref, gates, report, *, seconds: float, threads: int | None):
+    """Rebuild a variant with each safer setting in turn; the first that passes the gates replaces it."""
+    from edgepilot.evaluate.report import check_int8, evaluate_one, score_variant
+    from edgepilot.targets.select import accuracy_reasons
 
     src = variants.get(rec.source)
     if src is None:
@@ -246,10 +259,13 @@ def _retry(rec: Record, variants: dict[str, Model], tries: list[dict[str, Any]],
             log_lines.append(f"{options}: failed ({e})")
             continue
         result, outputs = evaluate_one(rec.variant, model, eval_set, seconds=seconds, threads=threads)
-        log_lines.append(f"{options}: top-1 {result.top1 if result.top1 is not None else 'n/a'}")
-        if result.top1 is not None and result.top1 >= needed_top1:
-            if outputs is not None and ref_out is not None:
-                result.agreement = agreement(outputs, ref_out)
+        if outputs is not None:
+            score_variant(result, outputs, ref, eval_set.y)
+        check_int8(result, model, report.variants, ref.variant)
+        a = result.agreement
+        log_lines.append(f"{options}: " + (f"{a.metric} {a.value:.4f}" if a else "not scored")
+                         + (f", top-1 {result.top1:.4f}" if result.top1 is not None else ""))
+        if a is not None and result.error is None and not accuracy_reasons(result, gates, report):
             result.tries = log_lines
             result.flags.append(f"recovered by retry {k} with {options}")
             variants[rec.variant] = model

@@ -11,6 +11,8 @@ from rich.table import Table
 
 from edgepilot.errors import ConfigError
 from edgepilot.evaluate.report import fmt
+from edgepilot.evaluate.tasks import TASKS, Task
+from edgepilot.runtime.postprocess import PostprocessConfig
 
 
 class Recipe(BaseModel):
@@ -24,6 +26,9 @@ class Recipe(BaseModel):
     calibration_samples: int = Field(200, ge=1)
     eval_samples: int = Field(1000, ge=1)
     max_accuracy_drop: float = Field(0.01, ge=0)
+    min_agreement: float | None = Field(None, ge=0, le=1)
+    task: Task | None = None
+    postprocess: PostprocessConfig | None = None  # how detections are decoded, as a pipeline's postprocess:
     seconds: float = Field(2.0, gt=0)
     threads: int | None = Field(None, ge=1)
     target: str | None = None
@@ -40,7 +45,14 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(None, help="Output folder (default workspace/optimize)."),
         calibration_samples: int = typer.Option(None, min=1, help="Representative samples for calibration (200)."),
         eval_samples: int = typer.Option(None, min=1, help="Samples for accuracy and agreement (1000)."),
-        max_accuracy_drop: float = typer.Option(None, min=0, help="Top-1 drop vs the reference that fails a variant."),
+        max_accuracy_drop: float = typer.Option(None, min=0, help="Task metric lost vs the reference that fails a "
+                                                "variant: top-1 with labels, else 1 - agreement (0.01)."),
+        min_agreement: float = typer.Option(None, min=0, max=1, help="Least agreement with the reference on the "
+                                            "task metric (top-1 agreement, detection F1, mask IoU, cosine)."),
+        task: str = typer.Option(None, help="classification, detection, segmentation or tensors (default: inferred "
+                                 "from the outputs)."),
+        postprocess: str = typer.Option(None, help="Detection decoder: yolov5, yolov8, ssd, blazeface, or a YAML "
+                                        "file with a pipeline's postprocess: mapping (default: inferred)."),
         seconds: float = typer.Option(None, min=0.1, help="Latency time budget per variant (2 s)."),
         threads: int = typer.Option(None, min=1, help="Runtime threads."),
         target: str = typer.Option(None, help="Plan only what this board (or host) can run, then select for it."),
@@ -51,9 +63,12 @@ def register(app: typer.Typer) -> None:
         from edgepilot.model import Model
         from edgepilot.optimize import optimize_and_report
 
+        if task is not None and task not in TASKS:
+            raise ConfigError(f"--task {task!r} is not a task", hint=f"choose from {', '.join(TASKS)}")
         given = {k: v for k, v in dict(model=model, data=data, out=out, calibration_samples=calibration_samples,
                                        eval_samples=eval_samples, max_accuracy_drop=max_accuracy_drop,
-                                       seconds=seconds, threads=threads, target=target,
+                                       seconds=seconds, threads=threads, target=target, task=task,
+                                       min_agreement=min_agreement, postprocess=_postprocess(postprocess),
                                        formats=[f.strip() for f in formats.split(",")] if formats else None).items()
                  if v is not None}
         if recipe is not None:
@@ -76,13 +91,29 @@ def register(app: typer.Typer) -> None:
             report, records = optimize_and_report(
                 source, ds, out, families, calibration_samples=cfg.calibration_samples,
                 eval_samples=cfg.eval_samples, seconds=cfg.seconds, threads=cfg.threads,
-                max_accuracy_drop=cfg.max_accuracy_drop, progress=progress)
+                max_accuracy_drop=cfg.max_accuracy_drop, min_agreement=cfg.min_agreement, task=cfg.task,
+                postprocess=cfg.postprocess, progress=progress)
         print_summary(console, report, records, out)
         if target:
             from edgepilot.cli.targets import print_selection
             from edgepilot.targets.select import Gates, select
 
-            print_selection(console, select(report, target, Gates(max_accuracy_drop=cfg.max_accuracy_drop)))
+            gates = Gates(max_accuracy_drop=cfg.max_accuracy_drop, min_agreement=cfg.min_agreement)
+            print_selection(console, select(report, target, gates))
+
+
+def _postprocess(value: str | None) -> PostprocessConfig | None:
+    """A decoder name, or a YAML file holding a postprocess: mapping."""
+    if value is None:
+        return None
+    if value in ("yolov5", "yolov8", "ssd", "blazeface", "classification", "raw"):
+        return PostprocessConfig(type=value)
+    from edgepilot.config import load_yaml
+
+    if not Path(value).is_file():
+        raise ConfigError(f"--postprocess {value!r} is neither a decoder nor a file",
+                          hint="give yolov5, yolov8, ssd, blazeface, or a YAML file with the postprocess mapping")
+    return load_yaml(value, PostprocessConfig)
 
 
 def _families_for(target: str, requested: list[str] | None) -> list[str]:
@@ -97,13 +128,16 @@ def _families_for(target: str, requested: list[str] | None) -> list[str]:
 
 def print_summary(console: Console, report, records, out: Path) -> None:
     """The variants table, then every failure, flag and error, then where the report is."""
-    t = Table(title=f"{Path(report.source).name}: {len(report.variants)} variants (reference {report.reference})")
-    for col in ("variant", "engine", "KiB", "top-1", "agree", "p50 ms", "p99 ms", "peak MiB"):
+    t = Table(title=f"{Path(report.source).name}: {len(report.variants)} variants, {report.task or 'no task'}; "
+                    f"agreement with the reference {report.reference}")
+    labels = ["top-1 (labels)"] if report.labelled else []  # without labels there is no accuracy to show
+    for col in ("variant", "engine", "KiB", *labels, report.task_metric or "agreement", "p50 ms", "p99 ms",
+                "peak MiB"):
         t.add_column(col, justify="left" if col in ("variant", "engine") else "right", no_wrap=True)
     for r in report.variants:
         lat, a = r.latency, r.agreement
-        t.add_row(r.variant, r.engine or "-", f"{r.size_bytes / 1024:.1f}", fmt(r.top1, ".4f"),
-                  fmt(a and a.top1_agreement, ".4f"), fmt(lat and lat.p50_ms, ".3f"), fmt(lat and lat.p99_ms, ".3f"),
+        t.add_row(r.variant, r.engine or "-", f"{r.size_bytes / 1024:.1f}", *([fmt(r.top1, ".4f")] if labels else []),
+                  fmt(a and a.value, ".4f"), fmt(lat and lat.p50_ms, ".3f"), fmt(lat and lat.p99_ms, ".3f"),
                   fmt(r.peak_rss_mb, ".0f"))
     console.print(t)
     for rec in records:

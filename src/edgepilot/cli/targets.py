@@ -64,7 +64,10 @@ def register(app: typer.Typer) -> None:
         report: Path = typer.Argument(..., help="report.json written by edgepilot optimize."),
         target: str = typer.Option(..., help="A board from `edgepilot targets`, or host."),
         max_latency_ms: float = typer.Option(None, min=0, help="p95 latency gate."),
-        max_accuracy_drop: float = typer.Option(0.01, min=0, help="Top-1 drop gate vs the reference."),
+        max_accuracy_drop: float = typer.Option(0.01, min=0, help="Task metric lost vs the reference: top-1 with "
+                                                "labels, else 1 - agreement."),
+        min_agreement: float = typer.Option(None, min=0, max=1, help="Least agreement with the reference on the "
+                                            "task metric."),
         max_memory_mb: float = typer.Option(None, min=0, help="Memory gate (peak RSS; tensor arena on MCUs)."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     ) -> None:
@@ -81,7 +84,7 @@ def register(app: typer.Typer) -> None:
             raise ConfigError(f"{report}: not an edgepilot report.json",
                               hint="run edgepilot optimize first; it writes report.json") from e
         sel = choose(rep, target, Gates(max_latency_ms=max_latency_ms, max_accuracy_drop=max_accuracy_drop,
-                                        max_memory_mb=max_memory_mb))
+                                        min_agreement=min_agreement, max_memory_mb=max_memory_mb))
         if as_json:
             typer.echo(sel.model_dump_json(indent=2))
         else:

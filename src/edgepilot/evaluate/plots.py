@@ -1,4 +1,4 @@
-"""The report's figures as PNG bytes: accuracy, latency and size per variant, and the latency–accuracy Pareto."""
+"""The report's figures as PNG bytes: task metric, latency and size per variant, and the latency–accuracy Pareto."""
 from __future__ import annotations
 
 import io
@@ -38,8 +38,9 @@ def bars(names: list[str], values: list[float | None], title: str, unit: str, co
     return _png(plt, fig)
 
 
-def pareto(points: dict[str, tuple[float, float]], title: str = "Latency vs accuracy") -> bytes:
-    """Each variant at (p50 latency, top-1); the variants no other beats on both axes are joined."""
+def pareto(points: dict[str, tuple[float, float]], title: str = "Latency vs accuracy",
+           ylabel: str = "top-1 accuracy") -> bytes:
+    """Each variant at (p50 latency, its score); the variants no other beats on both axes are joined."""
     plt, fig, ax = _figure(7, 4.5)
     front = [n for n, (lat, acc) in points.items()
              if not any(l2 <= lat and a2 >= acc and (l2, a2) != (lat, acc) for l2, a2 in points.values())]
@@ -55,7 +56,7 @@ def pareto(points: dict[str, tuple[float, float]], title: str = "Latency vs accu
         ax.legend(fontsize=8)
     ax.margins(x=0.08, y=0.15)  # room for the labels inside the axes
     ax.set_xlabel("p50 latency (ms, batch 1)")
-    ax.set_ylabel("top-1 accuracy")
+    ax.set_ylabel(ylabel)
     ax.set_title(f"{title} (labelled: the Pareto front; the rest are in the table)")
     ax.grid(alpha=0.3)
     return _png(plt, fig)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import base64
 import html
 import logging
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +14,14 @@ from pydantic import BaseModel
 from edgepilot import catalog
 from edgepilot.engines import all_engines, open_session
 from edgepilot.errors import EdgepilotError
-from edgepilot.evaluate.accuracy import Agreement, agreement, predict, topk_accuracy
+from edgepilot.evaluate.accuracy import predict
 from edgepilot.evaluate.benchmark import BenchConfig, benchmark
 from edgepilot.evaluate.datasets import Dataset, fit_to_input
 from edgepilot.evaluate.latency import LatencyStats
+from edgepilot.evaluate.tasks import HEADLINE, Agreement, TaskSpec, align, label_accuracy, resolve, score
 from edgepilot.host import host_info
 from edgepilot.model import Model
+from edgepilot.runtime.postprocess import PostprocessConfig
 
 log = logging.getLogger(__name__)
 
@@ -30,16 +34,20 @@ class VariantResult(BaseModel):
     threads: int | None = None  # what the engine ran with in the latency benchmark
     runtime_precision: str | None = None  # the arithmetic the engine reports it used ("as stored" where fixed)
     size_bytes: int = 0
-    top1: float | None = None
+    top1: float | None = None  # accuracy against class labels (classifiers on labelled data)
     top5: float | None = None
-    agreement: Agreement | None = None
+    agreement: Agreement | None = None  # the task metric and per-output errors against the reference
+    # What the gates and `select` read: the top-1 accuracy lost against the reference where there are labels,
+    # else 1 - the task's agreement with the reference.
+    accuracy_drop: float | None = None
+    int8: bool | None = None  # an int8 variant that really is: holds int8 ops and is smaller. None: not int8
     latency: LatencyStats | None = None
     load_ms: float | None = None
     peak_rss_mb: float | None = None
     arena_bytes: int | None = None  # TFLite Micro tensor arena, for TFLite variants it can run
     error: str | None = None
     flags: list[str] = []
-    tries: list[str] = []  # settings tried after the variant failed the accuracy gate, with their top-1
+    tries: list[str] = []  # settings tried after the variant failed the accuracy gate, with their task metric
 
 
 class Report(BaseModel):
@@ -50,15 +58,28 @@ class Report(BaseModel):
     host: str
     cpu: str
     host_gflops: float | None = None  # fp32 matrix-product rate measured when the report was made
+    task: str | None = None  # e.g. "detection, blazeface decoder (inferred from the outputs)"
+    task_metric: str | None = None  # the headline agreement metric, e.g. "top-1 agreement"
+    labelled: bool = False  # whether accuracy against labels was measured (else: agreement with the reference)
     variants: list[VariantResult]
     # §3.1: weight quantisation error by bit depth, over all weights and for the worst tensors at 8 bits
     weight_error: list[dict] = []
     worst_tensors_8bit: list[dict] = []
 
 
+@dataclass
+class Reference:
+    """The variant the others are compared with: its result, its outputs and the task they are read as."""
+
+    variant: str
+    result: VariantResult
+    outputs: dict[str, np.ndarray]
+    spec: TaskSpec
+
+
 def evaluate_one(vid: str, model: Model, ds: Dataset, *, seconds: float = 2.0,
-                 threads: int | None = None) -> tuple[VariantResult, np.ndarray | None]:
-    """One variant's accuracy in this process, then its latency and memory in a fresh subprocess."""
+                 threads: int | None = None) -> tuple[VariantResult, dict[str, np.ndarray] | None]:
+    """One variant's outputs in this process, then its latency and memory in a fresh subprocess."""
     engines = {n: e for n, e in all_engines().items() if e.available()[0]}
     spec = catalog.get(vid)
     engine = spec.engine if spec else next((n for n, e in engines.items() if model.format in e.formats), None)
@@ -74,9 +95,6 @@ def evaluate_one(vid: str, model: Model, ds: Dataset, *, seconds: float = 2.0,
     try:
         with open_session(model, engine, threads=threads, precision=compute) as s:
             outputs = predict(s, fit_to_input(ds, s.inputs[0]))
-        if ds.y is not None:
-            r.top1 = topk_accuracy(outputs, ds.y, 1)
-            r.top5 = topk_accuracy(outputs, ds.y, 5)
         b = benchmark(BenchConfig(model=str(model.path), engine=engine, threads=threads, precision=compute,
                                   seconds=seconds))
         r.latency, r.load_ms, r.peak_rss_mb = b.latency, b.load_ms, b.peak_rss_mb
@@ -87,30 +105,73 @@ def evaluate_one(vid: str, model: Model, ds: Dataset, *, seconds: float = 2.0,
     return r, outputs
 
 
-def evaluate_variants(variants: dict[str, Model], ds: Dataset, *, seconds: float = 2.0, threads: int | None = None,
-                      progress=None) -> tuple[list[VariantResult], str | None, np.ndarray | None]:
-    """Every variant measured the same way; agreement against the first float32 reference that ran.
+def score_variant(r: VariantResult, outputs: dict[str, np.ndarray], ref: Reference, labels: np.ndarray | None
+                  ) -> None:
+    """Set r's accuracy against labels, its agreement with the reference and the drop the gates read."""
+    try:
+        aligned = align(outputs, ref.spec, ref.outputs)
+        r.top1, r.top5 = label_accuracy(ref.spec, aligned, labels)
+        r.agreement = score(ref.spec, aligned, ref.outputs)
+    except EdgepilotError as e:
+        r.error = f"outputs do not match the reference {ref.variant}: {e.message}"
+        return
+    if r.top1 is not None and ref.result.top1 is not None:
+        r.accuracy_drop = ref.result.top1 - r.top1
+    else:
+        r.accuracy_drop = 1.0 - r.agreement.value
 
-    Returns the results, the reference variant's id and its outputs (for variants measured later).
-    """
-    outputs: dict[str, np.ndarray] = {}
+
+def evaluate_variants(variants: dict[str, Model], ds: Dataset, *, seconds: float = 2.0, threads: int | None = None,
+                      progress=None, task: str | None = None, postprocess: PostprocessConfig | None = None
+                      ) -> tuple[list[VariantResult], Reference | None]:
+    """Every variant measured the same way and scored for its task against the first float32 reference that ran.
+
+    Returns the results and the reference (for variants measured later, e.g. by the gate's retries)."""
+    outputs: dict[str, dict[str, np.ndarray]] = {}
     results = []
-    task = progress.add_task("evaluating", total=len(variants)) if progress else None
+    bar = progress.add_task("evaluating", total=len(variants)) if progress else None
     for vid, model in variants.items():
         if progress:
-            progress.update(task, description=f"evaluating {vid}")
+            progress.update(bar, description=f"evaluating {vid}")
         r, out = evaluate_one(vid, model, ds, seconds=seconds, threads=threads)
         if out is not None:
             outputs[vid] = out
         results.append(r)
         if progress:
-            progress.advance(task)
+            progress.advance(bar)
     reference = next((v for v in catalog.REFERENCES if v in outputs), None)
+    ref = None
+    if reference is not None:
+        spec = resolve(variants[reference], task, postprocess)
+        ref_result = next(r for r in results if r.variant == reference)
+        ref = Reference(reference, ref_result, align(outputs[reference], spec), spec)
+        score_variant(ref_result, outputs[reference], ref, ds.y)  # the reference first: the others need its top-1
+        for r in results:
+            if r.variant in outputs and r is not ref_result:
+                score_variant(r, outputs[r.variant], ref, ds.y)
     for r in results:
-        if reference and r.variant in outputs:
-            r.agreement = agreement(outputs[r.variant], outputs[reference])
+        check_int8(r, variants[r.variant], results, reference)
     _flag_slow_int8(results)
-    return results, reference, outputs.get(reference) if reference else None
+    return results, ref
+
+
+def check_int8(r: VariantResult, model: Model, results: list[VariantResult], reference: str | None) -> None:
+    """Set r.int8: an int8 variant that holds no int8 op, or is not smaller than its float sibling (same format and
+    engine, else the reference), is not treated as int8; the flags say why."""
+    from edgepilot.evaluate.sanity import int8_ops
+
+    if r.precision not in (catalog.INT8, catalog.DYNAMIC_INT8):
+        return
+    siblings = [b for b in results if (b.format, b.engine) == (r.format, r.engine) and b.precision == catalog.FP32]
+    base = siblings[0] if siblings else next((b for b in results if b.variant == reference), None)
+    ops = int8_ops(model)
+    smaller = base is None or r.size_bytes < base.size_bytes
+    r.int8 = ops is not False and smaller
+    if ops is False:
+        r.flags.append("holds no int8 operation: it computes in float")
+    if not smaller:
+        r.flags.append(f"not smaller than {base.variant} ({r.size_bytes / 1024:.1f} vs "
+                       f"{base.size_bytes / 1024:.1f} KiB): not quantised where it counts")
 
 
 def _arena(model: Model, engines: dict) -> int | None:
@@ -164,12 +225,16 @@ def weight_error(model: Model) -> tuple[list[dict], list[dict]]:
     return q.overall, [{"name": t.name, "shape": list(t.shape), "sqnr_db": t.sqnr_db, "mse": t.mse} for t in eight]
 
 
-def build_report(source: Model, ds: Dataset, results: list[VariantResult], reference: str | None,
+def build_report(source: Model, ds: Dataset, results: list[VariantResult], reference: Reference | None,
                  analysed: Model | None = None) -> Report:
     """`analysed` is the float model whose weights the §3.1 analysis reads (ONNX or Keras)."""
     host = host_info()
     overall, worst = weight_error(analysed) if analysed is not None else ([], [])
-    return Report(source=str(source.path), dataset=ds.name, samples=len(ds), reference=reference,
+    spec = reference.spec if reference is not None else None
+    return Report(source=str(source.path), dataset=ds.name, samples=len(ds),
+                  reference=reference.variant if reference is not None else None,
+                  task=spec.describe() if spec else None, task_metric=HEADLINE[spec.task] if spec else None,
+                  labelled=any(r.top1 is not None for r in results),
                   host=host.hostname, host_gflops=measure_gflops(),
                   cpu=f"{host.cpu_model}, {host.logical_cores} cores, "
                   f"{', '.join(host.instruction_sets) or 'no SIMD flags read'}", variants=results,
@@ -181,24 +246,59 @@ def fmt(v, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _worst(a: Agreement | None, key: str, pick=max):
+    values = [getattr(m, key) for m in a.outputs if getattr(m, key) is not None] if a else []
+    return pick(values) if values else None
+
+
+def _sqnr(a: Agreement | None) -> str:
+    if a is None:
+        return "-"
+    worst = _worst(a, "sqnr_db", min)
+    return "exact" if worst is None else f"{worst:.1f}"
+
+
+# The task metric's columns: (header, value from the agreement, format)
+_TASK_COLUMNS = {
+    "classification": [("top-1 agree", lambda a: a.value, ".4f"),
+                       ("top-5 agree", lambda a: _worst(a, "top5_agreement", min), ".4f")],
+    "detection": [("precision", lambda a: a.precision, ".4f"), ("recall", lambda a: a.recall, ".4f"),
+                  ("F1", lambda a: a.f1, ".4f"), ("mAP@0.5", lambda a: a.map50, ".4f")],
+    "segmentation": [("mask IoU", lambda a: a.value, ".4f")],
+    "tensors": [("cosine", lambda a: a.value, ".5f")],
+}
+
+
+def _task_of(report: Report) -> str:
+    return next((r.agreement.task for r in report.variants if r.agreement), "tensors")
+
+
 def write_report(report: Report, out: Path) -> None:
     (out / "report.json").write_text(report.model_dump_json(indent=2))
+    task = _task_of(report)
+    cols = _TASK_COLUMNS[task]
+    labels = ["top-1 (labels)", "top-5 (labels)"] if report.labelled else []
+    scores = (f"Task: {report.task}. The task columns are agreement with the reference {report.reference} "
+              f"({report.task_metric}), not accuracy" if report.task else "No reference ran: no agreement")
+    scores += ("; top-1/top-5 (labels) are accuracy against the dataset's labels." if report.labelled
+               else "; the dataset has no labels, so no accuracy is measured.")
+    head = ["variant", "engine", "size KiB", *labels, *(c[0] for c in cols), "max abs err", "SQNR dB",
+            "p50 ms", "p90 ms", "p99 ms", "samples/s", "peak RSS MiB", "note"]
     lines = [f"# edgepilot report: {Path(report.source).name}", "",
-             f"Dataset: {report.dataset} ({report.samples} samples). Reference for agreement: "
-             f"{report.reference or 'none'}. Measured on {report.host} ({report.cpu}); batch 1.", "",
-             "| variant | engine | size KiB | top-1 | top-5 | agree top-1 | max abs err | cosine | p50 ms | p90 ms "
-             "| p99 ms | samples/s | peak RSS MiB | note |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             f"Dataset: {report.dataset} ({report.samples} samples). Measured on {report.host} ({report.cpu}); "
+             f"batch 1.", "", scores, "", _row(head),
+             _row(["---" if h in ("variant", "engine", "note") else "---:" for h in head])]
     for r in report.variants:
         a, lat = r.agreement, r.latency
         note = "; ".join(r.flags + ([r.error] if r.error else []))
-        lines.append(
-            f"| {r.variant} | {r.engine or '-'} | {r.size_bytes / 1024:.1f} "
-            f"| {fmt(r.top1, '.4f')} | {fmt(r.top5, '.4f')} "
-            f"| {fmt(a and a.top1_agreement, '.4f')} | {fmt(a and a.max_abs_error, '.3g')} "
-            f"| {fmt(a and a.cosine, '.5f')} "
-            f"| {fmt(lat and lat.p50_ms, '.3f')} | {fmt(lat and lat.p90_ms, '.3f')} | {fmt(lat and lat.p99_ms, '.3f')} "
-            f"| {fmt(lat and lat.throughput_sps, '.0f')} | {fmt(r.peak_rss_mb, '.0f')} | {note} |")
+        lines.append(_row([
+            r.variant, r.engine or "-", f"{r.size_bytes / 1024:.1f}",
+            *([fmt(r.top1, ".4f"), fmt(r.top5, ".4f")] if labels else []),
+            *(fmt(get(a) if a else None, spec) for _, get, spec in cols),
+            fmt(_worst(a, "max_abs_error"), ".3g"), _sqnr(a),
+            fmt(lat and lat.p50_ms, ".3f"), fmt(lat and lat.p90_ms, ".3f"), fmt(lat and lat.p99_ms, ".3f"),
+            fmt(lat and lat.throughput_sps, ".0f"), fmt(r.peak_rss_mb, ".0f"), note]))
+    lines += _per_output(report, task)
     if report.weight_error:
         lines += ["", "## Weight quantisation error by bit depth (symmetric, all weights)", "",
                   "| bits | scheme | MSE | max abs | SQNR dB | compression |", "|---:|---|---:|---:|---:|---:|"]
@@ -210,45 +310,104 @@ def write_report(report: Report, out: Path) -> None:
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
 
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(c.replace("|", "/") for c in cells) + " |"
+
+
+def _per_output(report: Report, task: str) -> list[str]:
+    extra = {"classification": ("top-1 agree", "top1_agreement"), "segmentation": ("mask IoU", "mask_iou")}.get(task)
+    head = ["variant", "output", "max abs err", "max rel err", "SQNR dB", "cosine"] + ([extra[0]] if extra else [])
+    rows = []
+    for r in report.variants:
+        for m in r.agreement.outputs if r.agreement else []:
+            rows.append(_row([r.variant, m.output, f"{m.max_abs_error:.3g}", f"{m.max_rel_error:.3g}",
+                              fmt(m.sqnr_db, ".1f") if m.sqnr_db is not None else "exact", f"{m.cosine:.5f}"]
+                             + ([fmt(getattr(m, extra[1]), ".4f")] if extra else [])))
+    if not rows:
+        return []
+    return ["", f"## Agreement with the reference {report.reference}, per output", "", _row(head),
+            _row(["---", "---"] + ["---:"] * (len(head) - 2)), *rows]
+
+
+def chart_series(report: Report) -> list[tuple[str, str, list[str], list[float]]]:
+    """(title, unit, variants, values) per bar chart: each holds every variant that has its metric."""
+    def series(title: str, unit: str, get) -> tuple[str, str, list[str], list[float]]:
+        pairs = [(r.variant, get(r)) for r in report.variants]
+        pairs = [(n, v) for n, v in pairs if v is not None]
+        return title, unit, [n for n, _ in pairs], [v for _, v in pairs]
+
+    charts = []
+    if report.task_metric:
+        charts.append(series(f"Agreement with the reference {report.reference}: {report.task_metric}",
+                             report.task_metric, lambda r: r.agreement.value if r.agreement else None))
+    if report.labelled:
+        charts.append(series("Top-1 accuracy against the labels", "top-1", lambda r: r.top1))
+    charts.append(series("p50 latency per variant (batch 1)", "ms", lambda r: r.latency.p50_ms if r.latency else None))
+    charts.append(series("Size on disk", "KiB", lambda r: r.size_bytes / 1024 if r.size_bytes else None))
+    return [c for c in charts if c[2]]
+
+
+def _pareto_points(report: Report) -> tuple[str, dict[str, tuple[float, float]]]:
+    """Latency against accuracy where there are labels, else against the task's agreement."""
+    if report.labelled:
+        return "top-1 accuracy (labels)", {r.variant: (r.latency.p50_ms, r.top1) for r in report.variants
+                                           if r.latency and r.top1 is not None}
+    return (f"agreement: {report.task_metric}",
+            {r.variant: (r.latency.p50_ms, r.agreement.value) for r in report.variants if r.latency and r.agreement})
+
+
+_COLORS = {catalog.INT8: "#DD8452", catalog.DYNAMIC_INT8: "#DD8452", catalog.INT8_WEIGHTS: "#CCB974",
+           catalog.FP16: "#55A868", catalog.BF16: "#8172B3"}
+
+
 def write_html(report: Report, out: Path) -> None:
-    """A self-contained report.html: the table of report.md and the figures embedded as PNG."""
+    """A self-contained report.html: the tables of report.md and the figures embedded as PNG."""
     from edgepilot.evaluate import plots
 
-    rows = [r for r in report.variants if not r.error]
-    names = [r.variant for r in rows]
-    palette = {catalog.FP16: "#55A868", catalog.BF16: "#8172B3", **{q: "#DD8452" for q in catalog.QUANTIZED}}
-    colors = [palette.get(r.precision, "#4C72B0") for r in rows]
-    figures = [
-        ("Top-1 accuracy", plots.bars(names, [r.top1 for r in rows], "Top-1 accuracy per variant", "top-1", colors)),
-        ("Latency", plots.bars(names, [r.latency.p50_ms if r.latency else None for r in rows],
-                               "p50 latency per variant (batch 1)", "ms", colors)),
-        ("Size", plots.bars(names, [r.size_bytes / 1024 for r in rows], "Size on disk", "KiB", colors)),
-    ]
-    points = {r.variant: (r.latency.p50_ms, r.top1) for r in rows if r.latency and r.top1 is not None}
+    precision = {r.variant: r.precision for r in report.variants}
+    figures = [(title, plots.bars(names, values, title, unit, [_COLORS.get(precision.get(n), "#4C72B0")
+                                                               for n in names]))
+               for title, unit, names, values in chart_series(report)]
+    ylabel, points = _pareto_points(report)
     if points:
-        figures.append(("Pareto", plots.pareto(points)))
+        figures.append(("Pareto", plots.pareto(points, ylabel=ylabel)))
     if report.weight_error:
         figures.append(("Weight quantisation error by bit depth", plots.bit_depth(report.weight_error)))
     md = (out / "report.md").read_text() if (out / "report.md").exists() else ""
-    table = _md_table_to_html(md)
     imgs = "\n".join(f'<h2>{html.escape(t)}</h2><img alt="{html.escape(t)}" src="data:image/png;base64,'
                      f'{base64.b64encode(png).decode()}">' for t, png in figures)
     (out / "report.html").write_text(
         "<!doctype html><html><head><meta charset='utf-8'><title>edgepilot report</title><style>"
         "body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;font-size:13px}"
         "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}td:first-child,td:nth-child(2){text-align:left}"
-        "img{max-width:100%}</style></head><body>"
-        f"<h1>edgepilot report: {html.escape(Path(report.source).name)}</h1>"
-        f"<p>Dataset {html.escape(report.dataset)} ({report.samples} samples); reference "
-        f"{html.escape(report.reference or 'none')}; measured on {html.escape(report.host)} "
-        f"({html.escape(report.cpu)}).</p>{table}{imgs}</body></html>")
+        f"img{{max-width:100%}}</style></head><body>{md_to_html(md)}{imgs}</body></html>")
 
 
-def _md_table_to_html(md: str) -> str:
-    lines = [ln for ln in md.splitlines() if ln.startswith("|")]
-    if len(lines) < 2:
-        return ""
-    cells = [[html.escape(c.strip()) for c in ln.strip("|").split("|")] for ln in lines]
-    head = "".join(f"<th>{c}</th>" for c in cells[0])
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in cells[2:])
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+_SEPARATOR = re.compile(r"^\|(\s*:?-+:?\s*\|)+\s*$")
+
+
+def md_to_html(md: str) -> str:
+    """The subset of Markdown report.md uses: headings, paragraphs and tables (separator rows are not rows)."""
+    parts, table = [], []
+
+    def flush() -> None:
+        if table:
+            cells = [[html.escape(c.strip()) for c in ln.strip().strip("|").split("|")] for ln in table]
+            head = "".join(f"<th>{c}</th>" for c in cells[0])
+            body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in cells[1:])
+            parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+            table.clear()
+
+    for ln in md.splitlines():
+        if ln.startswith("|"):
+            if not _SEPARATOR.match(ln):
+                table.append(ln)
+            continue
+        flush()
+        if ln.startswith("#"):
+            level = min(len(ln) - len(ln.lstrip("#")), 3)
+            parts.append(f"<h{level}>{html.escape(ln.lstrip('#').strip())}</h{level}>")
+        elif ln.strip():
+            parts.append(f"<p>{html.escape(ln)}</p>")
+    flush()
+    return "".join(parts)

@@ -18,7 +18,11 @@ HOST = "host"
 
 class Gates(BaseModel):
     max_latency_ms: float | None = Field(None, gt=0, description="p95 latency bound")
-    max_accuracy_drop: float | None = Field(0.01, ge=0, description="top-1 below the reference (or disagreement)")
+    max_accuracy_drop: float | None = Field(
+        0.01, ge=0, description="the task metric lost against the reference: top-1 accuracy where there are "
+                                "labels, else 1 - agreement with the reference")
+    min_agreement: float | None = Field(None, ge=0, le=1, description="the task's agreement with the reference, "
+                                                                      "at least (top-1 agreement, detection F1, ...)")
     max_memory_mb: float | None = Field(None, gt=0, description="peak RSS bound (tensor arena on MCUs)")
 
 
@@ -54,14 +58,14 @@ class Selection(BaseModel):
 def select(report: Report, target: str, gates: Gates | None = None, overhead: McuOverhead | None = None) -> Selection:
     gates = gates or Gates()
     board = None if target == HOST else get_board(target)
-    reference = next((v for v in report.variants if v.variant == report.reference), None)
-    candidates = [_assess(v, board, report, reference, gates, overhead or McuOverhead()) for v in report.variants]
+    candidates = [_assess(v, board, report, gates, overhead or McuOverhead()) for v in report.variants]
     ranked = sorted((c for c in candidates if not c.reasons), key=_rank_key)
     dropped = [c for c in candidates if c.reasons]
     if ranked:
         best = ranked[0]
         message = (f"{target}: {best.variant} on {best.engine} — p50 {best.p50_ms:.3f} ms ({best.latency})"
-                   + (f", top-1 drop {best.accuracy_drop:+.4f}" if best.accuracy_drop is not None else "")
+                   + (f", {_drop_name(report)} lost {best.accuracy_drop:+.4f}" if best.accuracy_drop is not None
+                      else "")
                    + (f", {best.fit}" if best.fit else ""))
         return Selection(target=target, chosen=best, ranked=ranked, dropped=dropped, message=message)
     closest = min(dropped, key=lambda c: (len(c.reasons), _rank_key(c)), default=None)
@@ -83,16 +87,34 @@ def _rank_key(c: Candidate):
 _FP16_COMPUTE = {"mnn", "ncnn", "openvino"}
 
 
-def _speedup(board: Board, precision: str | None, engine: str) -> float:
-    if precision == catalog.INT8:  # int8 arithmetic throughout, not int8 weights with float compute
+def _speedup(board: Board, v: VariantResult, engine: str) -> float:
+    # full int8 compute only, and only where the variant really holds int8 ops and is smaller than its float one
+    if v.precision == catalog.INT8 and v.int8:
         return board.int8_speedup
-    if precision == catalog.FP16 and engine in _FP16_COMPUTE:
+    if v.precision == catalog.FP16 and engine in _FP16_COMPUTE:
         return board.fp16_speedup
     return 1.0
 
 
-def _assess(v: VariantResult, board: Board | None, report: Report, reference: VariantResult | None,
-            gates: Gates, overhead: McuOverhead) -> Candidate:
+def _drop_name(report: Report) -> str:
+    return "top-1" if report.labelled else f"agreement ({report.task_metric or 'with the reference'})"
+
+
+def accuracy_reasons(v: VariantResult, gates: Gates, report: Report) -> list[str]:
+    """Why the variant fails the accuracy gates: the numbers the evaluation recorded, read as they are."""
+    reasons = []
+    drop, most = v.accuracy_drop, gates.max_accuracy_drop
+    if most is not None and drop is not None and drop > most:
+        reasons.append(f"loses {v.accuracy_drop:.4f} {_drop_name(report)} against the reference "
+                       f"(gate {gates.max_accuracy_drop})")
+    a = v.agreement
+    if gates.min_agreement is not None and a is not None and a.value < gates.min_agreement:
+        reasons.append(f"agreement with the reference {a.value:.4f} ({a.metric}) is under the {gates.min_agreement} "
+                       "gate")
+    return reasons
+
+
+def _assess(v: VariantResult, board: Board | None, report: Report, gates: Gates, overhead: McuOverhead) -> Candidate:
     mcu = board is not None and board.flash_bytes is not None
     c = Candidate(variant=v.variant, engine="tflite-micro" if mcu else (v.engine or "-"), format=v.format,
                   size_bytes=v.size_bytes)
@@ -110,7 +132,7 @@ def _assess(v: VariantResult, board: Board | None, report: Report, reference: Va
         c.p50_ms, c.p95_ms, c.latency = v.latency.p50_ms, v.latency.p95_ms, "measured"
     elif report.host_gflops:
         scale = report.host_gflops / board.est_gflops
-        scale /= _speedup(board, v.precision, c.engine)
+        scale /= _speedup(board, v, c.engine)
         c.p50_ms, c.p95_ms, c.latency = v.latency.p50_ms * scale, v.latency.p95_ms * scale, "estimated"
     # memory fit
     if mcu:
@@ -135,14 +157,8 @@ def _assess(v: VariantResult, board: Board | None, report: Report, reference: Va
             if v.peak_rss_mb > budget:
                 c.reasons.append(f"peak RSS {v.peak_rss_mb:.0f} MiB exceeds half of {board.name}'s RAM")
     # gates
-    if reference is not None:
-        if v.top1 is not None and reference.top1 is not None:
-            c.accuracy_drop = reference.top1 - v.top1
-        elif v.agreement is not None:
-            c.accuracy_drop = 1 - v.agreement.top1_agreement
-    drop_gate = gates.max_accuracy_drop
-    if drop_gate is not None and c.accuracy_drop is not None and c.accuracy_drop > drop_gate:
-        c.reasons.append(f"loses {c.accuracy_drop:.4f} top-1 (gate {gates.max_accuracy_drop})")
+    c.accuracy_drop = v.accuracy_drop
+    c.reasons += accuracy_reasons(v, gates, report)
     if gates.max_latency_ms is not None and c.p95_ms is not None and c.p95_ms > gates.max_latency_ms:
         c.reasons.append(f"p95 {c.p95_ms:.3f} ms ({c.latency}) is over the {gates.max_latency_ms} ms gate")
     if gates.max_memory_mb is not None and c.memory_mb is not None and c.memory_mb > gates.max_memory_mb:

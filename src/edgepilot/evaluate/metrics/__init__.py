@@ -1,0 +1,1 @@
+"""Agreement metrics, one task per module: classification, detection, segmentation, generic tensors."""
