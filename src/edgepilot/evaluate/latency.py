@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from edgepilot.engines.base import Session
 from edgepilot.errors import ConfigError
 from edgepilot.model import TensorSpec
+from edgepilot.shapes import resolve_shapes
 
 
 class LatencyStats(BaseModel):
@@ -44,13 +45,18 @@ class LatencyStats(BaseModel):
         )
 
 
-def synthetic_feeds(specs: list[TensorSpec], batch: int = 1,
+def synthetic_feeds(specs: list[TensorSpec], batch: int | None = None,
                     shapes: Mapping[str, tuple[int, ...]] | None = None, seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded synthetic inputs of the right shape and dtype, for timing only (never for accuracy)."""
+    """Seeded synthetic inputs of the right shape and dtype, for timing only (never for accuracy).
+
+    Shapes are `resolve_shapes(specs, shapes, batch)`: an unknown input name, a batch the model cannot
+    take and a shape whose batch differs from `batch` are errors, never silently replaced.
+    """
     rng = np.random.default_rng(seed)
+    resolved = resolve_shapes(specs, shapes or {}, batch)
     feeds = {}
     for spec in specs:
-        shape = tuple(shapes[spec.name]) if shapes and spec.name in shapes else spec.concrete_shape(batch)
+        shape = resolved[spec.name]
         dt = spec.np_dtype
         if dt.kind == "f":
             feeds[spec.name] = rng.standard_normal(shape).astype(dt)
