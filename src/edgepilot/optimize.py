@@ -17,11 +17,12 @@ from typing import Any
 
 from rich.progress import Progress
 
-from edgepilot.errors import EdgepilotError
+from edgepilot.errors import EdgepilotError, InputError
 from edgepilot.evaluate.datasets import Dataset
 from edgepilot.model import Format, Model
 from edgepilot.optional import require
 from edgepilot.passes import PassContext, all_passes
+from edgepilot.shapes import Shapes, shapes_for
 
 log = logging.getLogger(__name__)
 SOURCE = "source"
@@ -113,8 +114,11 @@ def _needed(steps: list[Step], wanted: set[str]) -> set[str]:
 
 
 def run_plan(model: Model, steps: list[Step], out: Path, calibration: Dataset | None = None,
-             progress: Progress | None = None) -> tuple[dict[str, Model], list[Record]]:
-    """Run every step; write out/variants/<id>/ and out/lineage.json. Never raises for one failed pass."""
+             progress: Progress | None = None, shapes: Shapes | None = None) -> tuple[dict[str, Model], list[Record]]:
+    """Run every step; write out/variants/<id>/ and out/lineage.json. Never raises for one failed pass.
+
+    `shapes` are the source model's input shapes, for converters that need concrete ones (pnnx).
+    """
     variants: dict[str, Model] = {SOURCE: model}
     records: list[Record] = []
     if model.format in _SOURCE_IS:
@@ -134,6 +138,7 @@ def run_plan(model: Model, steps: list[Step], out: Path, calibration: Dataset | 
         try:
             if src is None:
                 raise _Skip(f"its source {step.source} was not built")
+            ctx.input_shapes = shapes_for(src.inputs, shapes) if shapes else None
             if calibration is not None:
                 ctx.calibration = {src.inputs[0].name: _calibration_for(calibration, src)}
                 ctx.labels = calibration.y  # lets NNCF's accuracy control validate
@@ -209,21 +214,24 @@ RETRIES: dict[str, list[dict[str, Any]]] = {
 def optimize_and_report(source: Model, ds: Dataset, out: Path, families: list[str] | None = None, *,
                         calibration_samples: int = 200, eval_samples: int = 1000, seconds: float = 2.0,
                         threads: int | None = None, max_accuracy_drop: float = 0.01,
-                        calibration: Dataset | None = None, progress: Progress | None = None):
+                        calibration: Dataset | None = None, progress: Progress | None = None,
+                        shapes: Shapes | None = None):
     """Plan, build, measure and report: writes variants/, lineage.json and report.{json,md,html} under `out`.
 
     Calibration samples come from `calibration` when given (e.g. the training split), else from `ds`.
     A quantised variant over the accuracy gate is rebuilt with the RETRIES settings until one passes;
-    the report lists every try.
+    the report lists every try. Variants are converted and timed at `shapes` (the source's input shapes),
+    else at the data's sample shape with batch 1.
     """
     from edgepilot.evaluate.report import build_report, evaluate_variants, write_html, write_report
 
+    sample = sample_shapes(source, ds, shapes)
     out.mkdir(parents=True, exist_ok=True)
     calib = (calibration or ds).subset(calibration_samples)
     eval_set = ds.subset(eval_samples, seed=1)
-    variants, records = run_plan(source, plan(source, families), out, calib, progress)
+    variants, records = run_plan(source, plan(source, families), out, calib, progress, sample)
     results, reference, ref_out = evaluate_variants(variants, eval_set, seconds=seconds, threads=threads,
-                                                    progress=progress)
+                                                    progress=progress, shapes=shapes)
     ref = next((r for r in results if r.variant == reference), None)
     by_record = {r.variant: r for r in records}
     for i, r in enumerate(results):
@@ -232,7 +240,7 @@ def optimize_and_report(source: Model, ds: Dataset, out: Path, families: list[st
         rec = by_record.get(r.variant)
         tries = RETRIES.get(rec.pass_name, []) if rec else []
         better, tried = _retry(rec, variants, tries, out, calib, eval_set, ref.top1 - max_accuracy_drop, ref_out,
-                               seconds=seconds, threads=threads) if tries else (None, [])
+                               seconds=seconds, threads=threads, shapes=shapes) if tries else (None, [])
         if better is not None:
             results[i] = better
         else:
@@ -247,8 +255,42 @@ def optimize_and_report(source: Model, ds: Dataset, out: Path, families: list[st
     return report, records
 
 
+def sample_shapes(source: Model, ds: Dataset, shapes: Shapes | None = None) -> Shapes:
+    """The source's input shapes for conversion: the given ones, else the data's sample shape with batch 1.
+
+    Data that does not fit them, or that a dynamic source model cannot run on, stops here with one
+    InputError, before any variant is built (each would fail the same way).
+    """
+    from edgepilot.shapes import data_shape, with_shapes
+
+    given = {k: tuple(v) for k, v in (shapes or {}).items()}
+    first = with_shapes(source, given).inputs[0]
+    sample = data_shape(first, ds)  # data that does not fit the model (or the given shape) stops here
+    found = {**given, first.name: given.get(first.name, sample)}
+    if not source.inputs[0].is_static:
+        _check_runs(source, ds, found[first.name])
+    return {s.name: found[s.name] for s in source.inputs if s.name in found}
+
+
+def _check_runs(source: Model, ds: Dataset, shape: tuple[int, ...]) -> None:
+    """Run one sample through a dynamic source model where an engine here runs its format."""
+    from edgepilot.engines import all_engines, open_session
+    from edgepilot.evaluate.datasets import fit_to_input
+
+    engine = next((n for n, e in all_engines().items() if source.format in e.formats and e.available()[0]), None)
+    if engine is None or len(source.inputs) != 1:  # a Keras or PyTorch source: its variants show it as they run
+        return
+    try:
+        with open_session(source, engine) as s:
+            s.run({s.inputs[0].name: fit_to_input(ds.subset(1), s.inputs[0])})
+    except EdgepilotError as e:
+        raise InputError(f"dataset {ds.name}: {source.path.name} cannot run on samples of shape {list(shape[1:])} "
+                         f"({e.message})", hint="resize the data to a size the model takes, or give --shape") from e
+
+
 def _retry(rec: Record, variants: dict[str, Model], tries: list[dict[str, Any]], out: Path, calib: Dataset,
-           eval_set: Dataset, needed_top1: float, ref_out, *, seconds: float, threads: int | None):
+           eval_set: Dataset, needed_top1: float, ref_out, *, seconds: float, threads: int | None,
+           shapes: Shapes | None = None):
     """Rebuild a variant with each safer setting in turn; the first that passes the gate replaces it."""
     from edgepilot.evaluate.accuracy import agreement
     from edgepilot.evaluate.report import evaluate_one
@@ -269,7 +311,8 @@ def _retry(rec: Record, variants: dict[str, Model], tries: list[dict[str, Any]],
         except EdgepilotError as e:
             log_lines.append(f"{options}: failed ({e})")
             continue
-        result, outputs = evaluate_one(rec.variant, model, eval_set, seconds=seconds, threads=threads)
+        result, outputs = evaluate_one(rec.variant, model, eval_set, seconds=seconds, threads=threads,
+                                       shapes=shapes)
         log_lines.append(f"{options}: top-1 {result.top1 if result.top1 is not None else 'n/a'}")
         if result.top1 is not None and result.top1 >= needed_top1:
             if outputs is not None and ref_out is not None:

@@ -27,7 +27,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Measure a model on one engine, in a fresh subprocess so nothing else counts against it."""
         from edgepilot.evaluate.benchmark import BenchConfig, benchmark
-        from edgepilot.shapes import parse_shapes
+        from edgepilot.shapes import dims, parse_shapes
 
         cfg = BenchConfig(model=str(model), engine=engine, threads=threads, batch=batch, runs=runs,
                           seconds=seconds, warmup=warmup, concurrency=concurrency, device=device,
@@ -39,7 +39,8 @@ def register(app: typer.Typer) -> None:
         with console.status(f"benchmarking {model.name} ..."):
             r = benchmark(cfg)
         lat = r.latency
-        t = Table(title=f"{Path(r.model).name} on {r.engine} {r.engine_version or ''}".strip())
+        t = Table(title=f"{Path(r.model).name} on {r.engine} {r.engine_version or ''}".strip(),
+                  caption="inputs: " + ", ".join(f"{k}={dims(v)}" for k, v in lat.shapes.items()))
         for col in ("batch", "runs", "p50 ms", "p90 ms", "p99 ms", "mean ± std ms", "throughput /s",
                     "load ms", "peak RSS MiB", "outside CPU %"):
             t.add_column(col, justify="right")

@@ -31,17 +31,18 @@ class LatencyStats(BaseModel):
     min_ms: float
     max_ms: float
     throughput_sps: float
+    shapes: dict[str, list[int]] = {}  # the input shapes timed (empty in results written before they were kept)
 
     @classmethod
     def from_samples(cls, samples_s: list[float], *, warmup: int, batch: int, concurrency: int,
-                     wall_s: float) -> LatencyStats:
+                     wall_s: float, shapes: dict[str, list[int]] | None = None) -> LatencyStats:
         ms = np.asarray(samples_s) * 1e3
         p50, p90, p95, p99 = np.percentile(ms, [50, 90, 95, 99])
         return cls(
             runs=len(ms), warmup=warmup, batch=batch, concurrency=concurrency, wall_s=wall_s,
             p50_ms=float(p50), p90_ms=float(p90), p95_ms=float(p95), p99_ms=float(p99), mean_ms=float(ms.mean()),
             std_ms=float(ms.std()), min_ms=float(ms.min()), max_ms=float(ms.max()),
-            throughput_sps=len(ms) * batch / wall_s if wall_s > 0 else 0.0,
+            throughput_sps=len(ms) * batch / wall_s if wall_s > 0 else 0.0, shapes=shapes or {},
         )
 
 
@@ -130,4 +131,5 @@ def measure_latency(session_factory: Callable[[], Session], feeds: Mapping[str, 
         for s in sessions:
             s.close()
     flat = [x for per in samples for x in per]
-    return LatencyStats.from_samples(flat, warmup=warmup, batch=batch, concurrency=concurrency, wall_s=wall)
+    return LatencyStats.from_samples(flat, warmup=warmup, batch=batch, concurrency=concurrency, wall_s=wall,
+                                     shapes={k: list(np.shape(v)) for k, v in feeds.items()})

@@ -17,6 +17,7 @@ from edgepilot.evaluate.datasets import Dataset, fit_to_input
 from edgepilot.evaluate.latency import LatencyStats
 from edgepilot.host import host_info
 from edgepilot.model import Model
+from edgepilot.shapes import shapes_for
 
 log = logging.getLogger(__name__)
 REFERENCES = ("onnx-fp32", "tflite-fp32", "openvino-fp32")  # float32 variants a reference can come from
@@ -53,9 +54,13 @@ class Report(BaseModel):
     worst_tensors_8bit: list[dict] = []
 
 
-def evaluate_one(vid: str, model: Model, ds: Dataset, *, seconds: float = 2.0,
-                 threads: int | None = None) -> tuple[VariantResult, np.ndarray | None]:
-    """One variant's accuracy in this process, then its latency and memory in a fresh subprocess."""
+def evaluate_one(vid: str, model: Model, ds: Dataset, *, seconds: float = 2.0, threads: int | None = None,
+                 shapes: dict[str, tuple[int, ...]] | None = None) -> tuple[VariantResult, np.ndarray | None]:
+    """One variant's accuracy in this process, then its latency and memory in a fresh subprocess.
+
+    Latency is measured at `shapes` (the source model's, applied to this variant's inputs), else at
+    the data's sample shape with batch 1.
+    """
     engines = {n: e for n, e in all_engines().items() if e.available()[0]}
     engine = next((n for n, e in engines.items() if model.format in e.formats), None)
     if "arena_bytes" in model.meta and "tflite-micro" in engines:  # a TFLite Micro deliverable runs on TFLM
@@ -69,11 +74,16 @@ def evaluate_one(vid: str, model: Model, ds: Dataset, *, seconds: float = 2.0,
     outputs = None
     try:
         with open_session(model, engine, threads=threads) as s:
-            outputs = predict(s, fit_to_input(ds, s.inputs[0]))
+            x = fit_to_input(ds, s.inputs[0])
+            outputs = predict(s, x)
+            first = s.inputs[0]
+            timed_at = shapes_for(s.inputs, shapes) if shapes else {} if first.is_static else {
+                first.name: (1, *x.shape[1:])}
         if ds.y is not None:
             r.top1 = topk_accuracy(outputs, ds.y, 1)
             r.top5 = topk_accuracy(outputs, ds.y, 5)
-        b = benchmark(BenchConfig(model=str(model.path), engine=engine, threads=threads, seconds=seconds))
+        b = benchmark(BenchConfig(model=str(model.path), engine=engine, threads=threads, seconds=seconds,
+                                  shapes=timed_at))
         r.latency, r.load_ms, r.peak_rss_mb = b.latency, b.load_ms, b.peak_rss_mb
         r.arena_bytes = _arena(model, engines)
     except EdgepilotError as e:
@@ -82,7 +92,8 @@ def evaluate_one(vid: str, model: Model, ds: Dataset, *, seconds: float = 2.0,
 
 
 def evaluate_variants(variants: dict[str, Model], ds: Dataset, *, seconds: float = 2.0, threads: int | None = None,
-                      progress=None) -> tuple[list[VariantResult], str | None, np.ndarray | None]:
+                      progress=None, shapes: dict[str, tuple[int, ...]] | None = None
+                      ) -> tuple[list[VariantResult], str | None, np.ndarray | None]:
     """Every variant measured the same way; agreement against the first float32 reference that ran.
 
     Returns the results, the reference variant's id and its outputs (for variants measured later).
@@ -93,7 +104,7 @@ def evaluate_variants(variants: dict[str, Model], ds: Dataset, *, seconds: float
     for vid, model in variants.items():
         if progress:
             progress.update(task, description=f"evaluating {vid}")
-        r, out = evaluate_one(vid, model, ds, seconds=seconds, threads=threads)
+        r, out = evaluate_one(vid, model, ds, seconds=seconds, threads=threads, shapes=shapes)
         if out is not None:
             outputs[vid] = out
         results.append(r)

@@ -6,8 +6,8 @@ becomes a clear error here instead of a crash inside a C++ interpreter.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np

@@ -71,6 +71,14 @@ def _resolve_paths(node: Any, base: Path) -> None:
             _resolve_paths(v, base)
 
 
+def _fed_shape(pre: Preprocessor) -> tuple[int, ...]:
+    """The shape of one preprocessed item with batch 1: the warm-up runs at the size the pipeline feeds."""
+    if pre.vector:
+        return (1, len(pre.cfg.fields or ()))
+    c, h, w = pre.channels, pre.height, pre.width
+    return (1, h, w, c) if pre.layout == "nhwc" else (1, c, h, w)
+
+
 class Pipeline:
     def __init__(self, cfg: PipelineConfig) -> None:
         self.cfg = cfg
@@ -110,7 +118,8 @@ class Pipeline:
                                         fps_of=lambda sid: getattr(by_id.get(sid), "fps", None)))
         self._routed_webhooks: dict[str, WebhookSink] = {}
         self._workdir = workdir
-        self.sessions, self.load_s = open_sessions(self.model, cfg.model, self.plan.workers, self.plan.model_threads)
+        self.sessions, self.load_s = open_sessions(self.model, cfg.model, self.plan.workers, self.plan.model_threads,
+                                                   {self.model.inputs[0].name: _fed_shape(self.preprocess)})
         self.scheduler = Scheduler(self.sessions, cfg.scheduler, self.stats, emit=self._out.put)
         log.info("pipeline %s: %s on %s, %d worker(s) x %d thread(s), %d source(s), loaded in %.2f s", cfg.name,
                  Path(cfg.model.path).name, self.sessions[0].__class__.__name__, self.plan.workers,
