@@ -27,3 +27,22 @@ def export_dynamic_hw(path: Path) -> Path:
                       dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"},
                                     "preds": {0: "batch", 2: "h", 3: "w"}}, dynamo=False, opset_version=17)
     return path
+
+
+def export_even_only(path: Path) -> Path:
+    """A dynamic-size model that runs only at even heights and widths (a stride-2 branch added back after 2x
+    upsampling, as in a detector's feature pyramid)."""
+    import torch
+
+    class EvenOnly(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.down = torch.nn.Conv2d(3, 3, 3, stride=2, padding=1)
+
+        def forward(self, x):
+            return x + torch.nn.functional.interpolate(self.down(x), scale_factor=2.0, mode="nearest")
+
+    torch.onnx.export(EvenOnly().eval(), (torch.zeros(1, 3, 64, 64),), str(path), input_names=["images"],
+                      output_names=["out"], dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"}},
+                      dynamo=False, opset_version=17)
+    return path
