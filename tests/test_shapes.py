@@ -170,3 +170,20 @@ def test_run_a_dynamic_model_at_the_given_or_preprocess_size(detector, tmp_path)
     config.write_text(yaml.safe_dump(cfg))
     proc = edgepilot("run", str(config), "--json")
     assert proc.returncode == 0 and json.loads(proc.stdout)["counters"]["completed"] == 3, proc.stderr[-2000:]
+
+
+def test_tflite_macs_at_a_concrete_shape(tmp_path):
+    import keras
+    import tensorflow as tf
+
+    from edgepilot.formats import macs_at as count
+
+    keras.utils.set_random_seed(0)
+    net = keras.Sequential([keras.Input((None, None, 3)), keras.layers.Conv2D(8, 3, padding="same"),
+                            keras.layers.Conv2D(16, 3, strides=2, padding="same")])
+    path = tmp_path / "dyn.tflite"
+    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(net).convert())
+    m = Model.load(path)
+    assert m.macs is None  # the stored sizes of a dynamic TFLite tensor are placeholders of 1
+    name = m.inputs[0].name
+    assert count(m, {name: (1, 64, 48, 3)}) == (8 * 64 * 48 * 27 + 16 * 32 * 24 * 72, {name: [1, 64, 48, 3]})

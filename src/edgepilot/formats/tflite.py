@@ -162,7 +162,9 @@ def macs_at(path: Path, shapes: Mapping[str, tuple[int, ...]] | None = None) -> 
         return g.macs, _stored_shapes(g)
     interp_mod = require("ai_edge_litert.interpreter", "tflite")
     try:
-        it = interp_mod.Interpreter(model_path=str(path))
+        # without the default XNNPACK delegate: tensors inside a delegated part keep their stored sizes
+        it = interp_mod.Interpreter(model_path=str(path), experimental_op_resolver_type=(
+            interp_mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES))
         for d in it.get_input_details():
             if d["name"] in shapes:
                 it.resize_tensor_input(d["index"], list(shapes[d["name"]]))
