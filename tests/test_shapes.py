@@ -85,8 +85,8 @@ def test_macs_at_a_concrete_shape_match_the_hand_count(detector):
     assert f"MACs/sample: {macs_at(640, 480) / 1e6:.2f}M at images=1x3x640x480" in table
     assert "unknown (dynamic input size; give --shape images=" in edgepilot("inspect", str(path)).stdout
     static = Model.load(export_onnx("cnn", path.parent / "cnn.onnx"))  # a fixed size: counted as stored
-    assert static.macs == 32 * 32 * 8 * 27 + 16 * 16 * 16 * 72 + 160 and static.meta["macs_at"]["input"] == [1, 3, 32,
-                                                                                                              32]
+    assert static.macs == 32 * 32 * 8 * 27 + 16 * 16 * 16 * 72 + 160
+    assert static.meta["macs_at"] == {"input": [1, 3, 32, 32]}
 
 
 def test_bench_runs_the_batch_it_reports_and_refuses_what_it_cannot(detector, tmp_path):
