@@ -23,13 +23,16 @@ def test_stats_from_known_samples():
 
 
 def test_synthetic_feeds_follow_specs():
-    specs = [TensorSpec("img", "float32", (None, 3, 8, 8)),
-             TensorSpec("q", "int8", (1, 4), Quantization((0.1,), (0,))),
-             TensorSpec("ids", "int64", ("batch", 5))]
+    specs = [TensorSpec("img", "float32", (None, 3, 8, 8)), TensorSpec("ids", "int64", ("batch", 5))]
     feeds = synthetic_feeds(specs, batch=3)
     assert feeds["img"].shape == (3, 3, 8, 8) and feeds["img"].dtype == np.float32
-    assert feeds["q"].shape == (1, 4) and feeds["q"].dtype == np.int8
     assert feeds["ids"].shape == (3, 5) and feeds["ids"].dtype == np.int64
+    q = [TensorSpec("q", "int8", (1, 4), Quantization((0.1,), (0,)))]
+    assert synthetic_feeds(q)["q"].shape == (1, 4) and synthetic_feeds(q)["q"].dtype == np.int8
+    with pytest.raises(ConfigError, match="fixed batch of 1"):  # never a batch-1 run reported as batch 3
+        synthetic_feeds(q, batch=3)
+    with pytest.raises(ConfigError, match="'other', which the model does not have"):
+        synthetic_feeds(q, shapes={"other": (1, 4)})
     with pytest.raises(InputError, match="dynamic dimension 2"):
         synthetic_feeds([TensorSpec("x", "float32", (1, 3, None, None))])
     assert synthetic_feeds([TensorSpec("x", "float32", (1, 3, None, None))], shapes={"x": (1, 3, 4, 4)})["x"].shape \

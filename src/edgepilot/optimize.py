@@ -19,12 +19,13 @@ from rich.progress import Progress
 
 from edgepilot import catalog
 from edgepilot.catalog import SOURCE
-from edgepilot.errors import EdgepilotError
+from edgepilot.errors import EdgepilotError, InputError
 from edgepilot.evaluate.datasets import Dataset
 from edgepilot.host import has_capability
 from edgepilot.model import Format, Model
 from edgepilot.optional import require
 from edgepilot.passes import PassContext, all_passes
+from edgepilot.shapes import Shapes, shapes_for
 
 log = logging.getLogger(__name__)
 @dataclass
@@ -88,8 +89,11 @@ def _needed(steps: list[Step], wanted: set[str]) -> set[str]:
 
 
 def run_plan(model: Model, steps: list[Step], out: Path, calibration: Dataset | None = None,
-             progress: Progress | None = None) -> tuple[dict[str, Model], list[Record]]:
-    """Run every step; write out/variants/<id>/ and out/lineage.json. Never raises for one failed pass."""
+             progress: Progress | None = None, shapes: Shapes | None = None) -> tuple[dict[str, Model], list[Record]]:
+    """Run every step; write out/variants/<id>/ and out/lineage.json. Never raises for one failed pass.
+
+    `shapes` are the source model's input shapes, for converters that need concrete ones (pnnx).
+    """
     from edgepilot.evaluate.sanity import SanityCheck
 
     variants: dict[str, Model] = {SOURCE: model}
@@ -118,6 +122,7 @@ def run_plan(model: Model, steps: list[Step], out: Path, calibration: Dataset | 
         try:
             if src is None:
                 raise _Skip(f"its source {step.source} was not built")
+            ctx.input_shapes = shapes_for(src.inputs, shapes) if shapes else None
             if calibration is not None:
                 ctx.calibration = {src.inputs[0].name: _calibration_for(calibration, src)}
                 ctx.labels = calibration.y  # lets NNCF's accuracy control validate
@@ -195,23 +200,26 @@ def optimize_and_report(source: Model, ds: Dataset, out: Path, families: list[st
                         calibration_samples: int = 200, eval_samples: int = 1000, seconds: float = 2.0,
                         threads: int | None = None, max_accuracy_drop: float | None = 0.01,
                         min_agreement: float | None = None, task: str | None = None, postprocess=None,
-                        calibration: Dataset | None = None, progress: Progress | None = None):
+                        calibration: Dataset | None = None, progress: Progress | None = None,
+                        shapes: Shapes | None = None):
     """Plan, build, measure and report: writes variants/, lineage.json and report.{json,md,html} under `out`.
 
     Calibration samples come from `calibration` when given (e.g. the training split), else from `ds`.
     `task` and `postprocess` (a PostprocessConfig) say how to read the outputs; inferred when None.
     A quantised variant over the accuracy gates (on the task metric) is rebuilt with the RETRIES settings
-    until one passes; the report lists every try.
+    until one passes; the report lists every try. Variants are converted and timed at `shapes` (the source's
+    input shapes), else at the data's sample shape with batch 1.
     """
     from edgepilot.evaluate.report import build_report, evaluate_variants, write_html, write_report
     from edgepilot.targets.select import Gates, accuracy_reasons
 
+    sample = sample_shapes(source, ds, shapes)
     out.mkdir(parents=True, exist_ok=True)
     calib = (calibration or ds).subset(calibration_samples)
     eval_set = ds.subset(eval_samples, seed=1)
-    variants, records = run_plan(source, plan(source, families), out, calib, progress)
+    variants, records = run_plan(source, plan(source, families), out, calib, progress, sample)
     results, ref = evaluate_variants(variants, eval_set, seconds=seconds, threads=threads, progress=progress,
-                                     task=task, postprocess=postprocess)
+                                     task=task, postprocess=postprocess, shapes=shapes)
     gates = Gates(max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement)
     analysed = variants.get("onnx-fp32") or (source if source.format in (Format.ONNX, Format.KERAS) else None)
     report = build_report(source, ds, results, ref, analysed)
@@ -223,7 +231,7 @@ def optimize_and_report(source: Model, ds: Dataset, out: Path, families: list[st
         rec = by_record.get(r.variant)
         tries = RETRIES.get(rec.pass_name, []) if rec else []
         better, tried = _retry(rec, variants, tries, out, calib, eval_set, ref, gates, report,
-                               seconds=seconds, threads=threads) if tries else (None, [])
+                               seconds=seconds, threads=threads, shapes=shapes) if tries else (None, [])
         if better is not None:
             report.variants[i] = better
         else:
@@ -236,8 +244,42 @@ def optimize_and_report(source: Model, ds: Dataset, out: Path, families: list[st
     return report, records
 
 
+def sample_shapes(source: Model, ds: Dataset, shapes: Shapes | None = None) -> Shapes:
+    """The source's input shapes for conversion: the given ones, else the data's sample shape with batch 1.
+
+    Data that does not fit them, or that a dynamic source model cannot run on, stops here with one
+    InputError, before any variant is built (each would fail the same way).
+    """
+    from edgepilot.shapes import data_shape, with_shapes
+
+    given = {k: tuple(v) for k, v in (shapes or {}).items()}
+    first = with_shapes(source, given).inputs[0]
+    sample = data_shape(first, ds)  # data that does not fit the model (or the given shape) stops here
+    found = {**given, first.name: given.get(first.name, sample)}
+    if not source.inputs[0].is_static:
+        _check_runs(source, ds, found[first.name])
+    return {s.name: found[s.name] for s in source.inputs if s.name in found}
+
+
+def _check_runs(source: Model, ds: Dataset, shape: tuple[int, ...]) -> None:
+    """Run one sample through a dynamic source model where an engine here runs its format."""
+    from edgepilot.engines import all_engines, open_session
+    from edgepilot.evaluate.datasets import fit_to_input
+
+    engine = next((n for n, e in all_engines().items() if source.format in e.formats and e.available()[0]), None)
+    if engine is None or len(source.inputs) != 1:  # a Keras or PyTorch source: its variants show it as they run
+        return
+    try:
+        with open_session(source, engine) as s:
+            s.run({s.inputs[0].name: fit_to_input(ds.subset(1), s.inputs[0])})
+    except EdgepilotError as e:
+        raise InputError(f"dataset {ds.name}: {source.path.name} cannot run on samples of shape {list(shape[1:])} "
+                         f"({e.message})", hint="resize the data to a size the model takes, or give --shape") from e
+
+
 def _retry(rec: Record, variants: dict[str, Model], tries: list[dict[str, Any]], out: Path, calib: Dataset,
-           eval_set: Dataset, ref, gates, report, *, seconds: float, threads: int | None):
+           eval_set: Dataset, ref, gates, report, *, seconds: float, threads: int | None,
+           shapes: Shapes | None = None):
     """Rebuild a variant with each safer setting in turn; the first that passes the gates replaces it."""
     from edgepilot.evaluate.report import check_int8, evaluate_one, score_variant
     from edgepilot.targets.select import accuracy_reasons
@@ -258,7 +300,8 @@ def _retry(rec: Record, variants: dict[str, Model], tries: list[dict[str, Any]],
         except EdgepilotError as e:
             log_lines.append(f"{options}: failed ({e})")
             continue
-        result, outputs = evaluate_one(rec.variant, model, eval_set, seconds=seconds, threads=threads)
+        result, outputs = evaluate_one(rec.variant, model, eval_set, seconds=seconds, threads=threads,
+                                       shapes=shapes)
         if outputs is not None:
             score_variant(result, outputs, ref, eval_set.y)
         check_int8(result, model, report.variants, ref.variant)

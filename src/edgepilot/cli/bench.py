@@ -7,22 +7,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from edgepilot.errors import ConfigError
-
-
-def parse_shapes(items: list[str]) -> dict[str, list[int]]:
-    """`name=1x3x224x224` pairs to a dict of shapes."""
-    shapes = {}
-    for item in items:
-        name, sep, dims = item.partition("=")
-        try:
-            if not sep:
-                raise ValueError
-            shapes[name] = [int(d) for d in dims.lower().split("x")]
-        except ValueError:
-            raise ConfigError(f"bad --shape {item!r}", hint="write it as NAME=1x3x224x224") from None
-    return shapes
-
 
 def register(app: typer.Typer) -> None:
     @app.command()
@@ -30,17 +14,20 @@ def register(app: typer.Typer) -> None:
         model: Path = typer.Argument(..., help="Model file or directory."),
         engine: str = typer.Option(None, help="Engine to use (default: the first available for the format)."),
         threads: int = typer.Option(None, min=1, help="Threads for the runtime."),
-        batch: int = typer.Option(1, min=1, help="Batch size of each call."),
+        batch: int = typer.Option(None, min=1, help="Batch size of each call (default: the --shape's, else 1); "
+                                  "a model with a fixed batch takes only its own."),
         runs: int = typer.Option(None, min=1, help="Number of timed calls (default 100)."),
         seconds: float = typer.Option(None, min=0.01, help="Time budget instead of a number of runs."),
         warmup: int = typer.Option(10, min=0, help="Untimed calls first."),
         concurrency: int = typer.Option(1, min=1, help="Parallel callers, each with its own session."),
         device: str = typer.Option(None, help="Device: cpu, cuda, gpu ... (default: the engine's first)."),
-        shape: list[str] = typer.Option([], help="Shape for a dynamic input: NAME=1x3x224x224 (repeatable)."),
+        shape: list[str] = typer.Option([], help="Shape of an input: NAME=1x3x224x224 (repeatable or "
+                                        "comma-separated); needed for dynamic sizes."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
         """Measure a model on one engine, in a fresh subprocess so nothing else counts against it."""
         from edgepilot.evaluate.benchmark import BenchConfig, benchmark
+        from edgepilot.shapes import dims, parse_shapes
 
         cfg = BenchConfig(model=str(model), engine=engine, threads=threads, batch=batch, runs=runs,
                           seconds=seconds, warmup=warmup, concurrency=concurrency, device=device,
@@ -52,7 +39,8 @@ def register(app: typer.Typer) -> None:
         with console.status(f"benchmarking {model.name} ..."):
             r = benchmark(cfg)
         lat = r.latency
-        t = Table(title=f"{Path(r.model).name} on {r.engine} {r.engine_version or ''}".strip())
+        t = Table(title=f"{Path(r.model).name} on {r.engine} {r.engine_version or ''}".strip(),
+                  caption="inputs: " + ", ".join(f"{k}={dims(v)}" for k, v in lat.shapes.items()))
         for col in ("batch", "runs", "p50 ms", "p90 ms", "p99 ms", "mean ± std ms", "throughput /s",
                     "load ms", "peak RSS MiB", "outside CPU %"):
             t.add_column(col, justify="right")

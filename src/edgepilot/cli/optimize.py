@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from pydantic import BaseModel, ConfigDict, Field
@@ -32,6 +33,7 @@ class Recipe(BaseModel):
     seconds: float = Field(2.0, gt=0)
     threads: int | None = Field(None, ge=1)
     target: str | None = None
+    input_shapes: dict[str, list[Annotated[int, Field(ge=1)]]] | None = None  # e.g. {images: [1, 3, 640, 640]}
 
 
 def register(app: typer.Typer) -> None:
@@ -56,12 +58,15 @@ def register(app: typer.Typer) -> None:
         seconds: float = typer.Option(None, min=0.1, help="Latency time budget per variant (2 s)."),
         threads: int = typer.Option(None, min=1, help="Runtime threads."),
         target: str = typer.Option(None, help="Plan only what this board (or host) can run, then select for it."),
+        shape: list[str] = typer.Option([], help="Input shape to convert and time at: NAME=1x3x640x640 (repeatable "
+                                        "or comma-separated); default: the data's sample shape, batch 1."),
     ) -> None:
         """Convert MODEL into every deployable variant, measure each, and write lineage.json and report.md/json."""
         from edgepilot.cli import native_stdout_to_stderr, wide_console
         from edgepilot.evaluate.datasets import fit_to_input, load_dataset
         from edgepilot.model import Model
         from edgepilot.optimize import optimize_and_report
+        from edgepilot.shapes import parse_shapes
 
         if task is not None and task not in TASKS:
             raise ConfigError(f"--task {task!r} is not a task", hint=f"choose from {', '.join(TASKS)}")
@@ -69,7 +74,8 @@ def register(app: typer.Typer) -> None:
                                        eval_samples=eval_samples, max_accuracy_drop=max_accuracy_drop,
                                        seconds=seconds, threads=threads, target=target, task=task,
                                        min_agreement=min_agreement, postprocess=_postprocess(postprocess),
-                                       formats=[f.strip() for f in formats.split(",")] if formats else None).items()
+                                       formats=[f.strip() for f in formats.split(",")] if formats else None,
+                                       input_shapes=parse_shapes(shape) or None).items()
                  if v is not None}
         if recipe is not None:
             from edgepilot.config import load_yaml
@@ -92,7 +98,7 @@ def register(app: typer.Typer) -> None:
                 source, ds, out, families, calibration_samples=cfg.calibration_samples,
                 eval_samples=cfg.eval_samples, seconds=cfg.seconds, threads=cfg.threads,
                 max_accuracy_drop=cfg.max_accuracy_drop, min_agreement=cfg.min_agreement, task=cfg.task,
-                postprocess=cfg.postprocess, progress=progress)
+                postprocess=cfg.postprocess, progress=progress, shapes=cfg.input_shapes)
         print_summary(console, report, records, out)
         if target:
             from edgepilot.cli.targets import print_selection

@@ -24,12 +24,18 @@ def register(app: typer.Typer) -> None:
             duration: float = typer.Option(None, min=0.1, help="Stop after this many seconds."),
             max_items: int = typer.Option(None, min=1, help="Stop after taking this many items from the sources."),
             stats_interval: float = typer.Option(5.0, min=0.5, help="Seconds between statistics lines on stderr."),
+            shape: list[str] = typer.Option([], help="Shape of a dynamic input: NAME=1x3x640x640 (repeatable or "
+                                            "comma-separated); overrides model.input_shapes."),
             check: bool = typer.Option(False, "--check", help="Validate the file and exit."),
             as_json: bool = typer.Option(False, "--json", help="Print the final summary as JSON on stdout.")) -> None:
         """Run a pipeline until its sources end (files), --duration passes, or Ctrl-C / SIGTERM."""
         from edgepilot.runtime.pipeline import Pipeline, load_pipeline_config
+        from edgepilot.shapes import parse_shapes
 
         cfg = load_pipeline_config(config)
+        shapes = parse_shapes(shape)
+        if shapes:
+            cfg.model.input_shapes = {k: list(v) for k, v in shapes.items()}
         if check:
             typer.echo(f"{config}: valid ({len(cfg.sources)} source(s), {len(cfg.rules)} rule(s), "
                        f"{len(cfg.sinks)} sink(s))")

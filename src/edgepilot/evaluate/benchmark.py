@@ -27,14 +27,14 @@ class BenchConfig(BaseModel, extra="forbid"):
     model: str
     engine: str | None = None
     threads: int | None = Field(None, ge=1)
-    batch: int = Field(1, ge=1)
+    batch: int | None = Field(None, ge=1)  # None: the --shape's batch, else the model's fixed one, else 1
     runs: int | None = Field(None, ge=1)
     seconds: float | None = Field(None, gt=0)
     warmup: int = Field(10, ge=0)
     concurrency: int = Field(1, ge=1)
     device: str | None = None  # default: the engine's first device
     precision: str | None = None  # EngineOptions.precision: None computes float models in fp32 on every engine
-    shapes: dict[str, list[int]] = Field(default_factory=dict)  # explicit shapes for dynamic inputs
+    shapes: dict[str, list[int]] = Field(default_factory=dict)  # concrete shapes for dynamic inputs, by name
 
 
 class BenchEnergy(BaseModel):
@@ -107,6 +107,7 @@ def run_in_process(cfg: BenchConfig) -> BenchResult:
     first = engine.open(model, options)
     load_ms = (time.perf_counter() - t0) * 1e3
     feeds = synthetic_feeds(first.inputs, cfg.batch, {k: tuple(v) for k, v in cfg.shapes.items()})
+    batch = next((f.shape[0] for f in feeds.values() if f.ndim), 1)  # what each call really runs: the throughput
     pending = [first]
 
     def factory():
@@ -117,7 +118,7 @@ def run_in_process(cfg: BenchConfig) -> BenchResult:
         meter.start()
     cpu0, self0, wall0 = psutil.cpu_times(), me.cpu_times(), time.perf_counter()
     try:
-        stats = measure_latency(factory, feeds, batch=cfg.batch, warmup=cfg.warmup, runs=cfg.runs,
+        stats = measure_latency(factory, feeds, batch=batch, warmup=cfg.warmup, runs=cfg.runs,
                                 seconds=cfg.seconds, concurrency=cfg.concurrency)
     finally:
         window = meter.stop() if meter is not None else None

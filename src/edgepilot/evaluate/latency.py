@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from edgepilot.engines.base import Session
 from edgepilot.errors import ConfigError
 from edgepilot.model import TensorSpec
+from edgepilot.shapes import resolve_shapes
 
 
 class LatencyStats(BaseModel):
@@ -30,27 +31,33 @@ class LatencyStats(BaseModel):
     min_ms: float
     max_ms: float
     throughput_sps: float
+    shapes: dict[str, list[int]] = {}  # the input shapes timed (empty in results written before they were kept)
 
     @classmethod
     def from_samples(cls, samples_s: list[float], *, warmup: int, batch: int, concurrency: int,
-                     wall_s: float) -> LatencyStats:
+                     wall_s: float, shapes: dict[str, list[int]] | None = None) -> LatencyStats:
         ms = np.asarray(samples_s) * 1e3
         p50, p90, p95, p99 = np.percentile(ms, [50, 90, 95, 99])
         return cls(
             runs=len(ms), warmup=warmup, batch=batch, concurrency=concurrency, wall_s=wall_s,
             p50_ms=float(p50), p90_ms=float(p90), p95_ms=float(p95), p99_ms=float(p99), mean_ms=float(ms.mean()),
             std_ms=float(ms.std()), min_ms=float(ms.min()), max_ms=float(ms.max()),
-            throughput_sps=len(ms) * batch / wall_s if wall_s > 0 else 0.0,
+            throughput_sps=len(ms) * batch / wall_s if wall_s > 0 else 0.0, shapes=shapes or {},
         )
 
 
-def synthetic_feeds(specs: list[TensorSpec], batch: int = 1,
+def synthetic_feeds(specs: list[TensorSpec], batch: int | None = None,
                     shapes: Mapping[str, tuple[int, ...]] | None = None, seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded synthetic inputs of the right shape and dtype, for timing only (never for accuracy)."""
+    """Seeded synthetic inputs of the right shape and dtype, for timing only (never for accuracy).
+
+    Shapes are `resolve_shapes(specs, shapes, batch)`: an unknown input name, a batch the model cannot
+    take and a shape whose batch differs from `batch` are errors, never silently replaced.
+    """
     rng = np.random.default_rng(seed)
+    resolved = resolve_shapes(specs, shapes or {}, batch)
     feeds = {}
     for spec in specs:
-        shape = tuple(shapes[spec.name]) if shapes and spec.name in shapes else spec.concrete_shape(batch)
+        shape = resolved[spec.name]
         dt = spec.np_dtype
         if dt.kind == "f":
             feeds[spec.name] = rng.standard_normal(shape).astype(dt)
@@ -84,7 +91,8 @@ def measure_latency(session_factory: Callable[[], Session], feeds: Mapping[str, 
         samples: list[list[float]] = [[] for _ in sessions]
         budget = {"left": runs if runs is not None else -1}
         lock = threading.Lock()
-        deadline = time.perf_counter() + seconds if seconds is not None else float("inf")
+        start = time.perf_counter()  # the budget counts from here, as does wall_s
+        deadline = start + seconds if seconds is not None else float("inf")
         errors: list[BaseException] = []
 
         def take() -> bool:
@@ -108,7 +116,6 @@ def measure_latency(session_factory: Callable[[], Session], feeds: Mapping[str, 
             except BaseException as e:  # reported to the caller after the join
                 errors.append(e)
 
-        start = time.perf_counter()
         if concurrency == 1:
             worker(0)
         else:
@@ -124,4 +131,5 @@ def measure_latency(session_factory: Callable[[], Session], feeds: Mapping[str, 
         for s in sessions:
             s.close()
     flat = [x for per in samples for x in per]
-    return LatencyStats.from_samples(flat, warmup=warmup, batch=batch, concurrency=concurrency, wall_s=wall)
+    return LatencyStats.from_samples(flat, warmup=warmup, batch=batch, concurrency=concurrency, wall_s=wall,
+                                     shapes={k: list(np.shape(v)) for k, v in feeds.items()})

@@ -22,6 +22,7 @@ from edgepilot.evaluate.tasks import HEADLINE, Agreement, TaskSpec, align, label
 from edgepilot.host import host_info
 from edgepilot.model import Model
 from edgepilot.runtime.postprocess import PostprocessConfig
+from edgepilot.shapes import shapes_for
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +78,14 @@ class Reference:
     spec: TaskSpec
 
 
-def evaluate_one(vid: str, model: Model, ds: Dataset, *, seconds: float = 2.0,
-                 threads: int | None = None) -> tuple[VariantResult, dict[str, np.ndarray] | None]:
-    """One variant's outputs in this process, then its latency and memory in a fresh subprocess."""
+def evaluate_one(vid: str, model: Model, ds: Dataset, *, seconds: float = 2.0, threads: int | None = None,
+                 shapes: dict[str, tuple[int, ...]] | None = None
+                 ) -> tuple[VariantResult, dict[str, np.ndarray] | None]:
+    """One variant's outputs in this process, then its latency and memory in a fresh subprocess.
+
+    Latency is measured at `shapes` (the source model's, applied to this variant's inputs), else at
+    the data's sample shape with batch 1.
+    """
     engines = {n: e for n, e in all_engines().items() if e.available()[0]}
     spec = catalog.get(vid)
     engine = spec.engine if spec else next((n for n, e in engines.items() if model.format in e.formats), None)
@@ -94,9 +100,13 @@ def evaluate_one(vid: str, model: Model, ds: Dataset, *, seconds: float = 2.0,
     outputs = None
     try:
         with open_session(model, engine, threads=threads, precision=compute) as s:
-            outputs = predict(s, fit_to_input(ds, s.inputs[0]))
+            x = fit_to_input(ds, s.inputs[0])
+            outputs = predict(s, x)
+            first = s.inputs[0]
+            timed_at = shapes_for(s.inputs, shapes) if shapes else {} if first.is_static else {
+                first.name: (1, *x.shape[1:])}
         b = benchmark(BenchConfig(model=str(model.path), engine=engine, threads=threads, precision=compute,
-                                  seconds=seconds))
+                                  seconds=seconds, shapes=timed_at))
         r.latency, r.load_ms, r.peak_rss_mb = b.latency, b.load_ms, b.peak_rss_mb
         r.threads, r.runtime_precision = b.threads, b.precision
         r.arena_bytes = _arena(model, engines)
@@ -122,8 +132,8 @@ def score_variant(r: VariantResult, outputs: dict[str, np.ndarray], ref: Referen
 
 
 def evaluate_variants(variants: dict[str, Model], ds: Dataset, *, seconds: float = 2.0, threads: int | None = None,
-                      progress=None, task: str | None = None, postprocess: PostprocessConfig | None = None
-                      ) -> tuple[list[VariantResult], Reference | None]:
+                      progress=None, task: str | None = None, postprocess: PostprocessConfig | None = None,
+                      shapes: dict[str, tuple[int, ...]] | None = None) -> tuple[list[VariantResult], Reference | None]:
     """Every variant measured the same way and scored for its task against the first float32 reference that ran.
 
     Returns the results and the reference (for variants measured later, e.g. by the gate's retries)."""
@@ -133,7 +143,7 @@ def evaluate_variants(variants: dict[str, Model], ds: Dataset, *, seconds: float
     for vid, model in variants.items():
         if progress:
             progress.update(bar, description=f"evaluating {vid}")
-        r, out = evaluate_one(vid, model, ds, seconds=seconds, threads=threads)
+        r, out = evaluate_one(vid, model, ds, seconds=seconds, threads=threads, shapes=shapes)
         if out is not None:
             outputs[vid] = out
         results.append(r)

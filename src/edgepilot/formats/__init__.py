@@ -23,3 +23,12 @@ _DESCRIBERS = {
 def describe(path: Path, fmt: Format) -> Model:
     module = importlib.import_module(_DESCRIBERS[fmt])
     return module.describe(path, fmt)
+
+
+def macs_at(model: Model, shapes: dict[str, tuple[int, ...]] | None = None) -> tuple[int | None, dict]:
+    """MACs for one sample at these input shapes, and the shapes they hold at; (None, {}) where the format's
+    reader cannot count them."""
+    count = getattr(importlib.import_module(_DESCRIBERS[model.format]), "macs_at", None)
+    if count is None:
+        return (model.macs, model.meta.get("macs_at", {})) if not shapes else (None, {})
+    return count(model.path, shapes)

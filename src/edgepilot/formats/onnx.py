@@ -1,6 +1,7 @@
 """Read an ONNX model: IO specs, parameter count and a MAC estimate from shape inference."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +26,13 @@ def describe(path: Path, fmt: Format = Format.ONNX) -> Model:
     outputs = [_spec(onnx, v) for v in graph.output]
     params = _count_params(graph)
     files = [path] + [path.parent / loc for loc in _external_files(graph)]
+    macs, macs_shapes = _count_macs(onnx, proto)
     return Model(
         path=path, format=Format.ONNX, inputs=inputs, outputs=outputs, params=params,
-        macs=_count_macs(onnx, proto), files=files,
+        macs=macs, files=files,
         meta={"opset": {o.domain or "ai.onnx": o.version for o in proto.opset_import},
               "producer": f"{proto.producer_name} {proto.producer_version}".strip(),
-              "ir_version": proto.ir_version},
+              "ir_version": proto.ir_version, "macs_at": macs_shapes},
     )
 
 
@@ -54,32 +56,74 @@ def _external_files(graph) -> set[str]:
     return {e.value for t in graph.initializer for e in t.external_data if e.key == "location"}
 
 
-def _count_macs(onnx, proto) -> int | None:
-    """MACs of Conv, Gemm and MatMul for one sample; None when shapes cannot be inferred."""
+def macs_at(path: Path, shapes: Mapping[str, tuple[int, ...]] | None = None) -> tuple[int | None, dict]:
+    """MACs for one sample at the given input shapes (default: each dynamic leading dim 1, the rest as stored).
+
+    Returns the count and the input shapes it holds at; the count is None where a counted op's size
+    stays symbolic (a dynamic height or width with no shape given): never a guess.
+    """
+    onnx = require("onnx", "onnx")
+    return _count_macs(onnx, onnx.load(str(path), load_external_data=False), shapes)
+
+
+def _count_macs(onnx, proto, shapes: Mapping[str, tuple[int, ...]] | None = None) -> tuple[int | None, dict]:
+    """MACs of Conv, Gemm and MatMul for one sample, and the input shapes they were counted at."""
+    proto = _at_shapes(onnx, proto, shapes or {})
     try:
-        inferred = onnx.shape_inference.infer_shapes(proto)
+        inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
     except Exception:
-        return None
+        return None, {}
     g = inferred.graph
-    shapes = {}
+    known = {}  # a symbolic or missing size is None: a product that meets it is unknown, not 1
     for v in list(g.input) + list(g.value_info) + list(g.output):
-        dims = v.type.tensor_type.shape.dim
-        shapes[v.name] = [d.dim_value if d.HasField("dim_value") else 1 for d in dims]
+        known[v.name] = [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
     for t in g.initializer:
-        shapes[t.name] = list(t.dims)
+        known[t.name] = list(t.dims)
+    at = {v.name: known[v.name] for v in g.input if v.name not in {t.name for t in g.initializer}}
     macs = 0
     for node in g.node:
         try:
             if node.op_type == "Conv":
-                out, w = shapes[node.output[0]], shapes[node.input[1]]
-                macs += int(np.prod(out[1:])) * int(np.prod(w[1:]))
+                out, w = known[node.output[0]], known[node.input[1]]
+                macs += _prod(out[1:]) * _prod(w[1:])
             elif node.op_type == "Gemm":
-                a, out = shapes[node.input[0]], shapes[node.output[0]]
+                a, out = known[node.input[0]], known[node.output[0]]
                 trans_a = any(a_.name == "transA" and a_.i for a_ in node.attribute)
-                macs += int(out[-1]) * int(a[0] if trans_a else a[-1])
+                macs += _prod(out[-1:]) * _prod([a[0] if trans_a else a[-1]])
             elif node.op_type == "MatMul":
-                a, out = shapes[node.input[0]], shapes[node.output[0]]
-                macs += int(np.prod(out[1:] if len(out) > 2 else out[-1:])) * int(a[-1])
+                a, out = known[node.input[0]], known[node.output[0]]
+                macs += _prod(out[1:] if len(out) > 2 else out[-1:]) * _prod(a[-1:])
         except (KeyError, IndexError):
             continue
-    return macs
+        except _Unknown:
+            return None, at
+    return macs, at
+
+
+class _Unknown(Exception):
+    pass
+
+
+def _prod(sizes) -> int:
+    if any(d is None or d <= 0 for d in sizes):
+        raise _Unknown
+    return int(np.prod(sizes, dtype=np.int64))
+
+
+def _at_shapes(onnx, proto, shapes: Mapping[str, tuple[int, ...]]):
+    """A copy of the model whose inputs have these shapes, and a symbolic leading (batch) dim 1 elsewhere."""
+    copy = type(proto)()
+    copy.CopyFrom(proto)
+    proto = copy
+    initializers = {t.name for t in proto.graph.initializer}
+    for v in proto.graph.input:
+        if v.name in initializers or not v.type.tensor_type.HasField("shape"):
+            continue
+        dims = v.type.tensor_type.shape.dim
+        given = shapes.get(v.name)
+        for i, d in enumerate(dims):
+            if given is not None and i < len(given):
+                d.dim_value = int(given[i])
+            elif i == 0 and not d.HasField("dim_value"):
+                d.dim_value = 1
+    return proto

@@ -6,6 +6,7 @@ becomes a clear error here instead of a crash inside a C++ interpreter.
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,12 +14,14 @@ import numpy as np
 
 from edgepilot.errors import ModelError
 from edgepilot.model import Format, Model, Quantization, TensorSpec
+from edgepilot.optional import require
 
 # TensorType enum of the TFLite schema, by value.
 _DTYPES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 4: "int64", 5: "object", 6: "bool",
            7: "int16", 8: "complex64", 9: "int8", 10: "float64", 11: "complex128", 12: "uint64",
            15: "uint32", 16: "uint16", 17: "int4", 18: "bfloat16"}
 CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED = 3, 4, 9
+_COUNTED = (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED)
 
 
 class _Corrupt(Exception):
@@ -96,11 +99,13 @@ class TFLiteGraph:
     outputs: list[TensorSpec]
     ops: list[str]
     params: int
-    macs: int
+    macs: int | None  # None: a counted op's size is dynamic and no shape was given
     description: str
 
 
-def read(buf: bytes) -> TFLiteGraph:
+def read(buf: bytes, sizes: dict[int, list[int]] | None = None) -> TFLiteGraph:
+    """The graph; `sizes` (tensor index -> shape, from an interpreter resized to concrete inputs) override the
+    stored shapes for the MAC count."""
     if len(buf) < 8 or buf[4:8] != b"TFL3":
         raise _Corrupt("no 'TFL3' identifier")
     model = _Table(buf, struct.unpack_from("<I", buf, 0)[0])
@@ -113,13 +118,21 @@ def read(buf: bytes) -> TFLiteGraph:
     g = subgraphs[0]
     tensors = g.tables(0)  # SubGraph: 0 tensors, 1 inputs, 2 outputs, 3 operators
     shapes = [t.vector(0, "i") for t in tensors]
+    # shape_signature (field 7) says -1 where a size is dynamic; the stored shape then holds a placeholder 1
+    dynamic = [sizes is None and any(d < 0 for d in t.vector(7, "i")[1:]) for t in tensors]
+    if sizes is not None:
+        shapes = [list(sizes.get(i, s)) for i, s in enumerate(shapes)]
     names = _op_names()
     ops, macs, params = [], 0, 0
     for op in g.tables(3):  # Operator: 0 opcode_index, 1 inputs, 2 outputs
         code = codes[op.scalar(0, "I")]
         ops.append(names.get(code, f"OP_{code}"))
         ins, outs = op.vector(1, "i"), op.vector(2, "i")
-        macs += _op_macs(code, [shapes[i] if i >= 0 else [] for i in ins], [shapes[o] for o in outs])
+        counted = _op_macs(code, [shapes[i] if i >= 0 else [] for i in ins], [shapes[o] for o in outs])
+        if code in _COUNTED and macs is not None and any(dynamic[t] for t in [*ins, *outs] if t >= 0):
+            macs = None  # a dynamic height or width: unknown, never counted as 1
+        elif macs is not None:
+            macs += counted
     for t in tensors:  # Tensor: 2 buffer; Buffer: 0 data, 2 size (for models over 2 GB)
         b = t.scalar(2, "I")
         if 0 < b < len(buffers) and (buffers[b].vector_len(0) or buffers[b].scalar(2, "Q")):
@@ -132,13 +145,49 @@ def read(buf: bytes) -> TFLiteGraph:
 
 
 def describe(path: Path, fmt: Format = Format.TFLITE) -> Model:
+    g = _read_file(path)
+    return Model(path=path, format=Format.TFLITE, inputs=g.inputs, outputs=g.outputs, params=g.params,
+                 macs=g.macs, files=[path], meta={"ops": sorted(set(g.ops)), "description": g.description,
+                                                  "macs_at": _stored_shapes(g)})
+
+
+def macs_at(path: Path, shapes: Mapping[str, tuple[int, ...]] | None = None) -> tuple[int | None, dict]:
+    """MACs for one sample at these input shapes, and the shapes they hold at.
+
+    A flatbuffer stores one size per tensor, so other input sizes are propagated by LiteRT's
+    interpreter (resize and allocate: nothing runs).
+    """
+    if not shapes:
+        g = _read_file(path)
+        return g.macs, _stored_shapes(g)
+    interp_mod = require("ai_edge_litert.interpreter", "tflite")
     try:
-        g = read(path.read_bytes())
+        # without the default XNNPACK delegate: tensors inside a delegated part keep their stored sizes
+        it = interp_mod.Interpreter(model_path=str(path), experimental_op_resolver_type=(
+            interp_mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES))
+        for d in it.get_input_details():
+            if d["name"] in shapes:
+                it.resize_tensor_input(d["index"], list(shapes[d["name"]]))
+        it.allocate_tensors()
+        sizes = {d["index"]: [int(v) for v in d["shape"]] for d in it.get_tensor_details()}
+    except Exception as e:  # LiteRT's errors are RuntimeError/ValueError with the reason
+        raise ModelError(f"{path}: LiteRT cannot take the shapes {dict(shapes)} "
+                         f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from e
+    g = read(path.read_bytes(), sizes)
+    return g.macs, {s.name: list(shapes.get(s.name, s.shape)) for s in g.inputs}
+
+
+def _read_file(path: Path) -> TFLiteGraph:
+    try:
+        return read(path.read_bytes())
     except (_Corrupt, IndexError, struct.error) as e:
         raise ModelError(f"{path}: not a valid TFLite model ({e})",
                          hint="the file may be truncated or corrupt; convert it again") from e
-    return Model(path=path, format=Format.TFLITE, inputs=g.inputs, outputs=g.outputs, params=g.params,
-                 macs=g.macs, files=[path], meta={"ops": sorted(set(g.ops)), "description": g.description})
+
+
+def _stored_shapes(g: TFLiteGraph) -> dict:
+    """The input sizes a count without shapes holds at: the stored ones, a dynamic batch as 1."""
+    return {s.name: [1 if i == 0 and d is None else d for i, d in enumerate(s.shape or ())] for s in g.inputs}
 
 
 def _spec(t: _Table) -> TensorSpec:

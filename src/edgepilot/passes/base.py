@@ -25,6 +25,7 @@ class PassContext:
     workdir: Path
     calibration: dict[str, np.ndarray] | None = None  # representative inputs by input name, batch first
     labels: np.ndarray | None = None
+    input_shapes: dict[str, tuple[int, ...]] | None = None  # concrete input shapes by name (pnnx needs one)
     notes: dict[str, Any] = field(default_factory=dict)  # what the pass wants recorded in the lineage
 
     def __post_init__(self) -> None:

@@ -34,7 +34,9 @@ class OnnxToNcnn(Pass):
         pnnx = require("pnnx", "ncnn")
         if len(model.inputs) != 1:
             raise InputError("ONNX → ncnn supports single-input models here")
-        shape = model.inputs[0].concrete_shape(1)
+        spec = model.inputs[0]
+        given = (ctx.input_shapes or {}).get(spec.name)
+        shape = (1, *given[1:]) if given else spec.concrete_shape(1)  # pnnx traces at a concrete shape, batch 1
         stem = ctx.workdir.resolve() / f"model_{options.precision}"  # pnnx runs in workdir: absolute paths
         # The binary directly: pnnx.convert() ignores its exit status and then runs the Python it generated.
         argv = [pnnx.EXEC_PATH, str(model.path.resolve()), "inputshape=[" + ",".join(map(str, shape)) + "]",

@@ -9,13 +9,14 @@ import shutil
 import time
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from edgepilot.engines import engine_for, open_session
 from edgepilot.engines.base import Precision, Session
 from edgepilot.errors import ConfigError
 from edgepilot.evaluate.latency import synthetic_feeds
 from edgepilot.model import Format, Model
+from edgepilot.shapes import shapes_for, with_shapes
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,9 @@ class ModelConfig(BaseModel):
                                                           "their arithmetic (OpenVINO, ncnn, MNN)")
     warmup: int = Field(3, ge=0, description="inferences run on each session before the first item")
     cache_dir: str | None = Field("cache", description="compiled-model cache (OpenVINO, TensorRT); null: none")
+    input_shapes: dict[str, list[PositiveInt]] | None = Field(
+        None, description="concrete shapes of dynamic inputs, e.g. {images: [1, 3, 640, 640]}; they set the "
+                          "preprocess size (default: preprocess.size)")
 
 
 def load_model(cfg: ModelConfig) -> Model:
@@ -40,11 +44,15 @@ def load_model(cfg: ModelConfig) -> Model:
         raise ConfigError(f"{cfg.path}: the model takes {len(model.inputs)} inputs "
                           f"({', '.join(t.name for t in model.inputs)})",
                           hint="pipelines run single-input models (one image or one sensor vector)")
+    if cfg.input_shapes:
+        model = with_shapes(model, {k: tuple(v) for k, v in cfg.input_shapes.items()})
     return model
 
 
-def open_sessions(model: Model, cfg: ModelConfig, workers: int, threads: int) -> tuple[list[Session], float]:
-    """`workers` sessions, each warmed up; returns them and the seconds it took."""
+def open_sessions(model: Model, cfg: ModelConfig, workers: int, threads: int,
+                  warmup_shapes: dict[str, tuple[int, ...]] | None = None) -> tuple[list[Session], float]:
+    """`workers` sessions, each warmed up at `warmup_shapes` (what the pipeline feeds); returns them and the
+    seconds it took."""
     t0 = time.perf_counter()
     engine = engine_for(model, cfg.engine)
     cache = None
@@ -56,7 +64,7 @@ def open_sessions(model: Model, cfg: ModelConfig, workers: int, threads: int) ->
                              cache_dir=cache)
                 for _ in range(workers)]
     if cfg.warmup:
-        feeds = synthetic_feeds(sessions[0].inputs, batch=1)
+        feeds = synthetic_feeds(sessions[0].inputs, shapes=shapes_for(sessions[0].inputs, warmup_shapes or {}))
         for s in sessions:
             for _ in range(cfg.warmup):
                 s.run(feeds)

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edgepilot.config import load_yaml
 from edgepilot.errors import ConfigError, EdgepilotError
+from edgepilot.model import TensorSpec
 from edgepilot.runtime.item import Item
 from edgepilot.runtime.loader import ModelConfig, load_model, open_sessions
 from edgepilot.runtime.logs import LogConfig, add_json_log
@@ -80,6 +81,18 @@ def _resolve_paths(node: Any, base: Path) -> None:
             _resolve_paths(v, base)
 
 
+def _fed_shape(pre: Preprocessor, spec: TensorSpec) -> tuple[int, ...]:
+    """What the scheduler feeds one item as (batch 1, or the model's fixed batch): the warm-up runs at that size."""
+    if pre.vector:
+        fed = (1, len(pre.cfg.fields or ()))
+    else:
+        c, h, w = pre.channels, pre.height, pre.width
+        fed = (1, h, w, c) if pre.layout == "nhwc" else (1, c, h, w)
+    if spec.shape is None or len(spec.shape) != len(fed):
+        return fed
+    return tuple(d if isinstance(d, int) and d >= 0 else f for d, f in zip(spec.shape, fed))
+
+
 class Pipeline:
     def __init__(self, cfg: PipelineConfig) -> None:
         self.cfg = cfg
@@ -119,7 +132,9 @@ class Pipeline:
                                         fps_of=lambda sid: getattr(by_id.get(sid), "fps", None)))
         self._routed_webhooks: dict[str, WebhookSink] = {}
         self._workdir = workdir
-        self.sessions, self.load_s = open_sessions(self.model, cfg.model, self.plan.workers, self.plan.model_threads)
+        spec = self.model.inputs[0]
+        self.sessions, self.load_s = open_sessions(self.model, cfg.model, self.plan.workers, self.plan.model_threads,
+                                                   {spec.name: _fed_shape(self.preprocess, spec)})
         self.scheduler = Scheduler(self.sessions, cfg.scheduler, self.stats, emit=self._out.put)
         log.info("pipeline %s: %s on %s, %d worker(s) x %d thread(s), %d source(s), loaded in %.2f s", cfg.name,
                  Path(cfg.model.path).name, self.sessions[0].__class__.__name__, self.plan.workers,
