@@ -34,7 +34,7 @@ def test_demo_builds_and_measures_every_family(tmp_path):
     for v in lineage["variants"]:  # only what cannot run here (TensorRT without a GPU) is skipped, with why
         assert v["status"] == "ok" or (v["status"] == "skipped" and "TensorRT" in v["reason"]), v
     assert "micro-int8" in rows and rows["micro-int8"]["engine"] == "tflite-micro"
-    assert (out / "report.html").read_text().count("<img") == 5  # bars x3, Pareto, bit depth
+    assert (out / "report.html").read_text().count("<img") == 6  # task metric, accuracy, latency, size, Pareto, bits
     assert "trained the article's CNN" in proc.stdout and "report:" in proc.stdout
 
 
