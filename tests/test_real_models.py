@@ -113,7 +113,10 @@ def test_optimize_the_direction_classifier_gives_smaller_int8_and_a_quiet_consol
     assert size("openvino-int8", ".bin") < 0.75 * size("openvino-fp32", ".bin")
     console = (proc.stdout + proc.stderr).splitlines()
     assert not [ln for ln in console if "to be an initializer" in ln]  # the quantiser's per-weight complaints
-    assert len(console) < 40, "\n".join(console)
+    # besides the summary (the table, and a line per variant flag or failure), a handful of lines at most
+    ours = tuple("│┃┏┡└") + tuple(f"{v}:" for v in lineage)
+    others = [ln for ln in console if ln.strip() and not ln.lstrip().startswith(ours)]
+    assert len(others) < 15, "\n".join(others)
 
 
 def test_folding_an_ir3_graph_lists_the_new_initializers_as_inputs_and_leaves_output_constants(tmp_path):
