@@ -113,8 +113,11 @@ def _needed(steps: list[Step], wanted: set[str]) -> set[str]:
 
 
 def run_plan(model: Model, steps: list[Step], out: Path, calibration: Dataset | None = None,
-             progress: Progress | None = None) -> tuple[dict[str, Model], list[Record]]:
-    """Run every step; write out/variants/<id>/ and out/lineage.json. Never raises for one failed pass."""
+             progress: Progress | None = None, trust_model_code: bool = False) -> tuple[dict[str, Model], list[Record]]:
+    """Run every step; write out/variants/<id>/ and out/lineage.json. Never raises for one failed pass.
+
+    Passes that would run code from the model file are skipped unless `trust_model_code`.
+    """
     variants: dict[str, Model] = {SOURCE: model}
     records: list[Record] = []
     if model.format in _SOURCE_IS:
@@ -129,7 +132,7 @@ def run_plan(model: Model, steps: list[Step], out: Path, calibration: Dataset | 
         p = registered[step.pass_name]()
         rec = Record(step.variant, "ok", step.pass_name, step.source, step.options, tools=_tools(p))
         src = variants.get(step.source)
-        ctx = PassContext(out / "variants" / step.variant)
+        ctx = PassContext(out / "variants" / step.variant, trust_model_code=trust_model_code)
         t0 = time.perf_counter()
         try:
             if src is None:
@@ -209,7 +212,8 @@ RETRIES: dict[str, list[dict[str, Any]]] = {
 def optimize_and_report(source: Model, ds: Dataset, out: Path, families: list[str] | None = None, *,
                         calibration_samples: int = 200, eval_samples: int = 1000, seconds: float = 2.0,
                         threads: int | None = None, max_accuracy_drop: float = 0.01,
-                        calibration: Dataset | None = None, progress: Progress | None = None):
+                        calibration: Dataset | None = None, progress: Progress | None = None,
+                        trust_model_code: bool = False):
     """Plan, build, measure and report: writes variants/, lineage.json and report.{json,md,html} under `out`.
 
     Calibration samples come from `calibration` when given (e.g. the training split), else from `ds`.
@@ -221,7 +225,7 @@ def optimize_and_report(source: Model, ds: Dataset, out: Path, families: list[st
     out.mkdir(parents=True, exist_ok=True)
     calib = (calibration or ds).subset(calibration_samples)
     eval_set = ds.subset(eval_samples, seed=1)
-    variants, records = run_plan(source, plan(source, families), out, calib, progress)
+    variants, records = run_plan(source, plan(source, families), out, calib, progress, trust_model_code)
     results, reference, ref_out = evaluate_variants(variants, eval_set, seconds=seconds, threads=threads,
                                                     progress=progress)
     ref = next((r for r in results if r.variant == reference), None)

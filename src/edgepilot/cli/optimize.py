@@ -27,6 +27,7 @@ class Recipe(BaseModel):
     seconds: float = Field(2.0, gt=0)
     threads: int | None = Field(None, ge=1)
     target: str | None = None
+    trust_model_code: bool = False  # let conversions run code from the model file (see the README)
 
 
 def register(app: typer.Typer) -> None:
@@ -44,6 +45,8 @@ def register(app: typer.Typer) -> None:
         seconds: float = typer.Option(None, min=0.1, help="Latency time budget per variant (2 s)."),
         threads: int = typer.Option(None, min=1, help="Runtime threads."),
         target: str = typer.Option(None, help="Plan only what this board (or host) can run, then select for it."),
+        trust_model_code: bool = typer.Option(False, "--trust-model-code", help="Let conversions that must run "
+                                              "code from the model file run it (SavedModel, .pt2, Keras Lambda)."),
     ) -> None:
         """Convert MODEL into every deployable variant, measure each, and write lineage.json and report.md/json."""
         from edgepilot.cli import native_stdout_to_stderr, wide_console
@@ -54,6 +57,7 @@ def register(app: typer.Typer) -> None:
         given = {k: v for k, v in dict(model=model, data=data, out=out, calibration_samples=calibration_samples,
                                        eval_samples=eval_samples, max_accuracy_drop=max_accuracy_drop,
                                        seconds=seconds, threads=threads, target=target,
+                                       trust_model_code=trust_model_code or None,  # a recipe may say true
                                        formats=[f.strip() for f in formats.split(",")] if formats else None).items()
                  if v is not None}
         if recipe is not None:
@@ -65,7 +69,7 @@ def register(app: typer.Typer) -> None:
                 raise ConfigError("give MODEL and --data, or --recipe FILE")
             cfg = Recipe(**given)
         out, target = cfg.out, cfg.target
-        source = Model.load(cfg.model)
+        source = Model.load(cfg.model, trust_model_code=cfg.trust_model_code)
         ds = load_dataset(cfg.data)
         fit_to_input(ds.subset(1), source.inputs[0])  # data that does not fit the model stops here, clearly
         families = cfg.formats
@@ -76,7 +80,7 @@ def register(app: typer.Typer) -> None:
             report, records = optimize_and_report(
                 source, ds, out, families, calibration_samples=cfg.calibration_samples,
                 eval_samples=cfg.eval_samples, seconds=cfg.seconds, threads=cfg.threads,
-                max_accuracy_drop=cfg.max_accuracy_drop, progress=progress)
+                max_accuracy_drop=cfg.max_accuracy_drop, progress=progress, trust_model_code=cfg.trust_model_code)
         print_summary(console, report, records, out)
         if target:
             from edgepilot.cli.targets import print_selection

@@ -26,6 +26,7 @@ class PassContext:
     calibration: dict[str, np.ndarray] | None = None  # representative inputs by input name, batch first
     labels: np.ndarray | None = None
     notes: dict[str, Any] = field(default_factory=dict)  # what the pass wants recorded in the lineage
+    trust_model_code: bool = False  # the user lets passes run code from the model file (--trust-model-code)
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir)
