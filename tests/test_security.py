@@ -155,8 +155,9 @@ def test_torchscript_with_an_injected_global_is_refused(tmp_path):
 def _lambda_model(marker: Path):
     keras = tf.keras
     x = keras.Input((64,), name="x")
-    # the default argument carries the marker's path into the saved bytecode
-    y = keras.layers.Lambda(lambda t, m=str(marker): t + 0.0 * len(open(m, "w").name))(x)
+    # the marker's path is a constant of the lambda's bytecode, which Keras saves
+    code = eval(f"lambda t: t + 0.0 * len(open({str(marker)!r}, 'w').name)")  # noqa: S307 - builds the payload
+    y = keras.layers.Lambda(code)(x)
     return keras.Model(x, keras.layers.Dense(10, activation="softmax")(y))
 
 
@@ -224,9 +225,9 @@ def test_the_opt_in_lets_a_savedmodel_conversion_run_its_graph(tmp_path):
     step = Step("tflite-fp32", "keras-to-tflite", {"precision": "float32"}, SOURCE)
     _, (refused,) = run_plan(source, [step], tmp_path / "untrusted")
     assert refused.status == "skipped" and not marker.exists()
-    variants, (built,) = run_plan(source, [step], tmp_path / "trusted", trust_model_code=True)
-    assert built.status == "ok" and variants["tflite-fp32"].inputs[0].shape[1:] == (64,)
-    assert marker.exists()  # the conversion did run the graph: that is what the user opted into
+    _, (trusted,) = run_plan(source, [step], tmp_path / "trusted", trust_model_code=True)
+    # the converter ran the graph (then TFLite refuses its WriteFile op): that is what the user opted into
+    assert trusted.status != "skipped" and marker.exists()
 
 
 def test_pt2_conversion_needs_the_opt_in(tmp_path):
@@ -237,3 +238,4 @@ def test_pt2_conversion_needs_the_opt_in(tmp_path):
     p = get_pass("torch-to-onnx")
     assert any("--trust-model-code" in r for r in p.why_not(source, PassContext(tmp_path / "a")))
     assert p.why_not(source, PassContext(tmp_path / "b", trust_model_code=True)) == []
+

@@ -63,8 +63,9 @@ def load_exported_program(path: Path):
 
 
 # Globals a TorchScript pickle may name: TorchScript classes, tensor rebuilders, storages and qschemes.
-_TORCHSCRIPT_MODULES = ("__torch__", "torch._utils", "torch.jit._pickle")
-_TORCH_NAMES = re.compile(r"[A-Za-z0-9]*Storage|per_(tensor|channel)_(affine|symmetric)|per_channel_affine_float_qparams")
+_TORCHSCRIPT_MODULES = ("torch._utils", "torch.jit._pickle")
+_TORCH_NAMES = re.compile(r"[A-Za-z0-9]*Storage|per_(tensor|channel)_(affine|symmetric)"
+                          r"|per_channel_affine_float_qparams")
 
 
 def _check_torchscript_pickle(path: Path, member: str, data: bytes) -> None:
@@ -140,7 +141,7 @@ def _restricted_load(path: Path, name: str, data: bytes):
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:
         why = next((ln.strip() for ln in str(e).splitlines() if "Unsupported" in ln or "WeightsUnpickler" in ln),
-                   _first_line(e))
+                   _first_line(e)).split(" Please")[0]  # torch goes on to say how to allow the global
         raise ModelError(f"{path}: {name} is a pickle that PyTorch's restricted loader refuses ({why}); "
                          "edgepilot never unpickles arbitrary objects",
                          hint="the file may run code when loaded: re-export it with torch.export.save from "
