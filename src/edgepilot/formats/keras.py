@@ -52,7 +52,9 @@ def _describe_savedmodel(tf, path: Path) -> Model:
     if sig is None:
         raise ModelError(f"{path}: the SavedModel has no 'serving_default' signature",
                          hint="export it with model.export(path) or tf.saved_model.save(..., signatures=...)")
-    variables = [n.variable for n in graphs[0].object_graph_def.nodes if n.WhichOneof("kind") == "variable"]
+    # Keras exports track each variable from two places: count each name once
+    variables = list({n.variable.name or f"#{i}": n.variable for i, n in enumerate(graphs[0].object_graph_def.nodes)
+                      if n.WhichOneof("kind") == "variable"}.values())
     return Model(
         path=path, format=Format.SAVEDMODEL, files=[f for f in path.rglob("*") if f.is_file()],
         params=sum(int(np.prod([d.size for d in v.shape.dim])) for v in variables) if variables else None,
