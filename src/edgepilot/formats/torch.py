@@ -63,14 +63,14 @@ def load_exported_program(path: Path):
 
 
 # Globals a TorchScript pickle may name: TorchScript classes, tensor rebuilders, storages and qschemes.
-_TORCHSCRIPT_MODULES = ("torch._utils", "torch.jit._pickle")
 _TORCH_NAMES = re.compile(r"[A-Za-z0-9]*Storage|per_(tensor|channel)_(affine|symmetric)"
                           r"|per_channel_affine_float_qparams")
 
 
 def _check_torchscript_pickle(path: Path, member: str, data: bytes) -> None:
     for module, name in _pickle_globals(path, member, data):
-        allowed = (module.split(".")[0] == "__torch__" or module in _TORCHSCRIPT_MODULES
+        allowed = (module.split(".")[0] == "__torch__" or module == "torch.jit._pickle"
+                   or (module == "torch._utils" and name.startswith("_rebuild_"))
                    or (module, name) == ("collections", "OrderedDict")
                    or (module == "torch" and _TORCH_NAMES.fullmatch(name)))
         if not allowed:
@@ -81,16 +81,16 @@ def _check_torchscript_pickle(path: Path, member: str, data: bytes) -> None:
 
 def _pickle_globals(path: Path, member: str, data: bytes) -> list[tuple[str, str]]:
     """Every (module, name) a pickle imports, read from its opcodes without unpickling it."""
-    found, strings = [], []
+    found, recent = [], [None, None]  # the arguments of the last two opcodes
     try:
         for op, arg, _ in pickletools.genops(data):
             if op.name in ("GLOBAL", "INST"):
                 module, _, name = str(arg).partition(" ")
                 found.append((module, name))
-            elif op.name == "STACK_GLOBAL":
-                found.append((strings[-2], strings[-1]) if len(strings) >= 2 else ("?", "?"))
-            elif isinstance(arg, str):
-                strings.append(arg)
+            elif op.name == "STACK_GLOBAL":  # names pushed by anything but the two opcodes before it are refused
+                found.append(tuple(a if isinstance(a, str) else "?" for a in recent))
+            if op.name != "MEMOIZE":  # it leaves the stack as it is
+                recent = [recent[1], arg]
     except Exception as e:
         raise ModelError(f"{path}: {member} is not a valid pickle ({_first_line(e)})") from e
     return found
@@ -110,8 +110,7 @@ def _describe_exported(path: Path) -> Model:
         program = _read_json(path, z, members, "models/model.json")
         weights = _read_json(path, z, members, "data/weights/model_weights_config.json")
         constants = _read_json(path, z, members, "data/constants/model_constants_config.json")
-        raw = {f"data/{folder}/{e.get('path_name')}" for folder, cfg in (("weights", weights), ("constants", constants))
-               for e in cfg.get("config", {}).values() if not e.get("use_pickle")}
+        raw = _raw_payloads(path, weights, constants)
         params = 0
         for name, member in members.items():
             if name.startswith("data/") and not name.endswith(".json") and name not in raw:
@@ -121,15 +120,24 @@ def _describe_exported(path: Path) -> Model:
     try:
         graph = program["graph_module"]["graph"]
         signature = program["graph_module"]["signature"]
-        inputs = [_spec(graph["tensor_values"], s["user_input"]["arg"]["as_tensor"]["name"])
+        inputs = [_spec(path, graph["tensor_values"], s["user_input"]["arg"]["as_tensor"]["name"])
                   for s in signature["input_specs"] if "as_tensor" in s.get("user_input", {}).get("arg", {})]
-        outputs = [_spec(graph["tensor_values"], s["user_output"]["arg"]["as_tensor"]["name"])
+        outputs = [_spec(path, graph["tensor_values"], s["user_output"]["arg"]["as_tensor"]["name"])
                    for s in signature["output_specs"] if "as_tensor" in s.get("user_output", {}).get("arg", {})]
         params += sum(_numel(e["tensor_meta"]["sizes"]) for e in weights.get("config", {}).values()
                       if e.get("tensor_meta"))
-    except (KeyError, TypeError, AttributeError) as e:
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
         raise ModelError(f"{path}: models/model.json is not a torch.export program ({type(e).__name__}: {e})") from e
     return Model(path=path, format=Format.TORCH_EXPORT, inputs=inputs, outputs=outputs, params=params, files=[path])
+
+
+def _raw_payloads(path: Path, weights: dict, constants: dict) -> set[str]:
+    """The data/ members that are raw tensor bytes (use_pickle false in their config), not pickles."""
+    try:
+        return {f"data/{folder}/{e['path_name']}" for folder, cfg in (("weights", weights), ("constants", constants))
+                for e in cfg.get("config", {}).values() if not e.get("use_pickle")}
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ModelError(f"{path}: a payload config in the archive is malformed ({type(e).__name__}: {e})") from e
 
 
 def _restricted_load(path: Path, name: str, data: bytes):
@@ -160,11 +168,11 @@ def _read_json(path: Path, z: zipfile.ZipFile, members: dict[str, str], name: st
     return data
 
 
-def _spec(values: dict, name: str) -> TensorSpec:
+def _spec(path: Path, values: dict, name: str) -> TensorSpec:
     meta = values[name]
     dtype = _SCALAR_TYPES.get(meta["dtype"])
     if dtype is None:
-        raise ModelError(f"tensor {name!r} has an unknown dtype code {meta['dtype']!r}")
+        raise ModelError(f"{path}: tensor {name!r} has an unknown dtype code {str(meta['dtype'])[:20]!r}")
     return TensorSpec(name, dtype, tuple(_dim(d) for d in meta["sizes"]))
 
 
