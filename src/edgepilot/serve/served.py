@@ -12,7 +12,7 @@ import numpy as np
 
 from edgepilot.engines import engine_for, open_session
 from edgepilot.engines.base import Session, default_threads
-from edgepilot.errors import ConfigError, EdgepilotError, InputError, NotFoundError, RuntimeFailure
+from edgepilot.errors import ConfigError, EdgepilotError, InputError, NotFoundError, RuntimeFailure, UnavailableError
 from edgepilot.evaluate.latency import synthetic_feeds
 from edgepilot.model import Model
 from edgepilot.runtime.item import Item
@@ -149,8 +149,8 @@ class ServedVersion:
             await asyncio.to_thread(self._submit, items)  # a full queue blocks a thread, not the event loop
             outputs = await asyncio.wait_for(asyncio.wrap_future(req.future), timeout_s)
         except asyncio.TimeoutError:
-            raise RuntimeFailure(f"{self.name} v{self.version}: no result within {timeout_s:g} s",
-                                 hint="the server is overloaded; retry later") from None
+            raise UnavailableError(f"{self.name} v{self.version}: no result within {timeout_s:g} s",
+                                   hint="the server is overloaded; retry later") from None
         finally:
             self._release()
         return outputs, self._account(req, items, t0)
@@ -165,11 +165,17 @@ class ServedVersion:
         req.left -= 1
         if req.left:
             return
-        failed = next((it.error for it in req.items if it.error), None)
-        if failed:
-            req.future.set_exception(RuntimeFailure(f"{self.name} v{self.version}: {failed}"))
-            return
-        req.future.set_result({k: np.stack([it.outputs[k] for it in req.items]) for k in req.items[0].outputs})
+        try:  # in a scheduler worker: nothing may escape, or the worker dies
+            failed = next((it.error for it in req.items if it.error), None)
+            if failed:
+                req.future.set_exception(RuntimeFailure(f"{self.name} v{self.version}: {failed}"))
+            else:
+                req.future.set_result({k: np.stack([it.outputs[k] for it in req.items]) for k in req.items[0].outputs})
+        except concurrent.futures.InvalidStateError:
+            pass  # the request timed out and was cancelled: nobody waits for this result
+        except Exception as e:
+            log.exception("%s v%d: cannot assemble a result", self.name, self.version)
+            req.future.set_exception(RuntimeFailure(f"{self.name} v{self.version}: cannot assemble the result: {e}"))
 
     def _account(self, req: _Request, items: list[Item], t0: float) -> float:
         total = time.perf_counter() - t0
