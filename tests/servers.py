@@ -59,6 +59,7 @@ class Server:
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.app_state = app.state
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
                                                     timeout_graceful_shutdown=10))
         self.thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)

@@ -96,17 +96,17 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
     state = request.app.state
     async with accounted(request, "kserve", name, version) as slot:
         check_token(request, state.settings, management=False)
-        served = state.repo.get(name, version)
-        slot["version"] = str(served.version)
         body = await read_body(request, state.settings)
         header, binary = _split(body, request.headers.get(HEADER_LENGTH))
         feeds, wanted = _parse_request(header, binary)
-        wanted = _select_outputs(served, wanted)
-        outputs, _ = await served.infer(feeds, state.settings.request_timeout_s)
-        t0 = time.perf_counter()
-        response = _response(served, header, outputs, wanted)
-        served.encoded(time.perf_counter() - t0)
-        return response
+        with state.repo.use(name, version) as served:
+            slot["version"] = str(served.version)
+            wanted = _select_outputs(served, wanted)
+            outputs, _ = await served.infer(feeds, state.settings.request_timeout_s)
+            t0 = time.perf_counter()
+            response = _response(served, header, outputs, wanted)
+            served.encoded(time.perf_counter() - t0)
+            return response
 
 
 def _split(body: bytes, header_length: str | None) -> tuple[dict, memoryview]:

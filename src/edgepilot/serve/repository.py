@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -97,11 +99,26 @@ class Repository:
     def get(self, name: str, version: str | None = None) -> ServedVersion:
         """The served version (the highest when none is named); NotFoundError says what exists."""
         with self._lock:
-            m = self._models.get(name)
+            return self._get(name, version)
+
+    @contextmanager
+    def use(self, name: str, version: str | None = None) -> Iterator[ServedVersion]:
+        """The served version, held for one request: a swap or unload retires it only after the block ends."""
+        with self._lock:  # taken under the lock that swaps versions, so a retired version is never handed out
+            served = self._get(name, version)
+            served.acquire()
+        try:
+            yield served
+        finally:
+            served.release()
+
+    def _get(self, name: str, version: str | None) -> ServedVersion:
+        m = self._models.get(name)
         if m is None or not m.versions:
             why = f" ({m.reason})" if m is not None and m.reason else ""
+            served = sorted(n for n, m in self._models.items() if m.versions)
             raise NotFoundError(f"unknown model {name!r}{why}" if m is None else f"model {name!r} is not ready{why}",
-                                hint=f"served: {', '.join(self.served_names()) or 'none'}")
+                                hint=f"served: {', '.join(served) or 'none'}")
         if version in (None, ""):
             return m.versions[max(m.versions)]
         if not version.isdigit() or int(version) not in m.versions:

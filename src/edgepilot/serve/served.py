@@ -144,15 +144,12 @@ class ServedVersion:
         req = _Request(n)  # one item per sample: the scheduler batches samples of concurrent requests together
         items = [Item(source=self.name, seq=i, ts=time.time(), tensor={k: v[i] for k, v in feeds.items()},
                       meta={"request": req}) for i in range(n)]
-        self._acquire()
         try:
             await asyncio.to_thread(self._submit, items)  # a full queue blocks a thread, not the event loop
             outputs = await asyncio.wait_for(asyncio.wrap_future(req.future), timeout_s)
         except asyncio.TimeoutError:
             raise UnavailableError(f"{self.name} v{self.version}: no result within {timeout_s:g} s",
                                    hint="the server is overloaded; retry later") from None
-        finally:
-            self._release()
         return outputs, self._account(req, items, t0)
 
     def _submit(self, items: list[Item]) -> None:
@@ -203,14 +200,15 @@ class ServedVersion:
         if self.metrics is not None:
             self.metrics.observe_batch(self.name, self.version, batch)
 
-    def _acquire(self) -> None:
+    def acquire(self) -> None:
+        """One more request in flight (Repository.use holds it for the request)."""
         with self._lock:
             if self._retired:
                 raise NotFoundError(f"model {self.name!r} version {self.version} was just unloaded",
                                     hint="retry: the request goes to the version now served")
             self._inflight += 1
 
-    def _release(self) -> None:
+    def release(self) -> None:
         with self._lock:
             self._inflight -= 1
             if not self._inflight:

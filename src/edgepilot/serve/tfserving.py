@@ -66,18 +66,18 @@ async def predict(request: Request, target: str, name: str | None = None) -> Res
     state = request.app.state
     async with accounted(request, "tfserving", name, version) as slot:
         check_token(request, state.settings, management=False)
-        served = state.repo.get(name, version)
-        slot["version"] = str(served.version)
         body = loads_json(await read_body(request, state.settings), "predict request")
         if not isinstance(body, dict) or ("instances" in body) == ("inputs" in body):
             raise InputError("a predict request is a JSON object with either 'instances' (row format) or "
                              "'inputs' (column format)")
         row = "instances" in body
-        feeds = _row_feeds(served, body["instances"]) if row else _column_feeds(served, body["inputs"])
-        outputs, _ = await served.infer(feeds, state.settings.request_timeout_s)
-        if row:
-            return json_response({"predictions": _rows(served, outputs)})
-        return json_response({"outputs": _columns(served, outputs)})
+        with state.repo.use(name, version) as served:
+            slot["version"] = str(served.version)
+            feeds = _row_feeds(served, body["instances"]) if row else _column_feeds(served, body["inputs"])
+            outputs, _ = await served.infer(feeds, state.settings.request_timeout_s)
+            if row:
+                return json_response({"predictions": _rows(served, outputs)})
+            return json_response({"outputs": _columns(served, outputs)})
 
 
 def _row_feeds(served: ServedVersion, instances: Any) -> dict[str, np.ndarray]:
