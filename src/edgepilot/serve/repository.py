@@ -168,6 +168,7 @@ class Repository:
             if old is None:
                 raise NotFoundError(f"model {name!r} is not loaded")
             self._retire(old)
+            log.info("model %s: unloaded", name)
 
     def close(self) -> None:
         for name in list(self._models):
