@@ -1,8 +1,6 @@
-"""A real uvicorn serving a model repository on a free 127.0.0.1 port, and tiny ONNX models written with onnx.helper."""
+"""A real uvicorn serving a model repository on a free 127.0.0.1 port; tiny ONNX models written with onnx.helper."""
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,40 +49,16 @@ def pair_onnx(path: Path) -> Path:
     return path
 
 
-class Server:
-    """uvicorn in a thread; `url` is its base address."""
-
-    def __init__(self, app) -> None:
-        import uvicorn
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.app_state = app.state
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    timeout_graceful_shutdown=10))
-        self.thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
-
-    def start(self) -> Server:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(20)
-
-
 @contextmanager
-def serving(models: Path, settings=None) -> Iterator[Server]:
+def serving(models: Path, settings=None) -> Iterator:
     """Serve the repository at `models` (every model loaded first) until the block ends."""
-    from edgepilot.serve.app import create_app, open_repository
+    from edgepilot.serve.app import BackgroundServer, create_app, open_repository
     from edgepilot.serve.http import ServerSettings
 
-    server = Server(create_app(open_repository(models), settings or ServerSettings())).start()
+    port = free_port()
+    server = BackgroundServer(create_app(open_repository(models), settings or ServerSettings()), "127.0.0.1", port)
+    server.url, server.port, server.app_state = f"http://127.0.0.1:{port}", port, server.app.state
+    server.start()
     try:
         yield server
     finally:

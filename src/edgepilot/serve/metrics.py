@@ -1,10 +1,11 @@
-"""Prometheus metrics of the server: requests, latency, queue and compute time, batch sizes, per model and version."""
+"""Prometheus metrics: requests, latency, queue and compute time, batch sizes per model and version; pipeline fps."""
 from __future__ import annotations
 
 from edgepilot.optional import require
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+# Pipeline statistics reach /metrics through PipelineCollector below, when the server runs inside `edgepilot run`.
 
 
 class ServeMetrics:
@@ -42,3 +43,25 @@ class ServeMetrics:
 
     def render(self) -> tuple[bytes, str]:
         return self._prom.generate_latest(self.registry), self._prom.CONTENT_TYPE_LATEST
+
+
+class PipelineCollector:
+    """The running pipeline's fps, queue depth and item counters (received, dropped, completed, errors ...)."""
+
+    def __init__(self, stats) -> None:
+        self.stats = stats
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        core = require("prometheus_client.core", "serve")
+        s = self.stats.snapshot()
+        yield core.GaugeMetricFamily("edgepilot_pipeline_fps", "Items completed per second, last seconds",
+                                     value=s["fps"])
+        yield core.GaugeMetricFamily("edgepilot_pipeline_queue_depth", "Items waiting for inference",
+                                     value=s["queue_depth"])
+        items = core.CounterMetricFamily("edgepilot_pipeline_items", "Pipeline items by outcome", labels=["what"])
+        for what, n in sorted(s["counters"].items()):
+            items.add_metric([what], n)
+        yield items

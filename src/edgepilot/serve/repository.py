@@ -58,9 +58,10 @@ class ModelState:
 class Repository:
     """The models of one folder, served by name and version. Thread-safe: loads run in worker threads."""
 
-    def __init__(self, root: str | Path, metrics=None) -> None:
-        self.root = Path(root)
-        if not self.root.is_dir():
+    def __init__(self, root: str | Path | None, metrics=None) -> None:
+        """`root` None: no folder, no models (a pipeline's server that only streams)."""
+        self.root = Path(root) if root is not None else None
+        if self.root is not None and not self.root.is_dir():
             raise ConfigError(f"{self.root}: not a folder", hint="give --models a folder with one folder per model")
         self.metrics = metrics
         self._models: dict[str, ModelState] = {}
@@ -69,7 +70,7 @@ class Repository:
 
     def names(self) -> list[str]:
         """Model folders on disk, and models still loaded whose folder went away."""
-        found = {p.name for p in self.root.iterdir() if p.is_dir() and _NAME.match(p.name)}
+        found = {p.name for p in self.root.iterdir() if p.is_dir() and _NAME.match(p.name)} if self.root else set()
         with self._lock:
             return sorted(found | set(self._models))
 
@@ -79,7 +80,7 @@ class Repository:
 
     def ready(self) -> bool:
         with self._lock:
-            return bool(self._models) and all(m.state == "READY" for m in self._models.values())
+            return all(m.state == "READY" for m in self._models.values())
 
     def index(self) -> list[dict]:
         with self._lock:
@@ -141,8 +142,8 @@ class Repository:
         if not _NAME.match(name):
             raise NotFoundError(f"unknown model {name!r}")
         with self._load_lock:
-            folder = self.root / name
-            if not folder.is_dir():
+            folder = self.root / name if self.root else None
+            if folder is None or not folder.is_dir():
                 raise NotFoundError(f"no model folder {name!r} in {self.root}",
                                     hint=f"folders: {', '.join(self.names()) or 'none'}")
             with self._lock:
