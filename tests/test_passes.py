@@ -12,9 +12,9 @@ from edgepilot.model import Format, Model
 from edgepilot.passes import PassContext, all_passes, get_pass
 
 
-def run_pass(name, model, tmp_path, calibration=None, **options):
+def run_pass(name, model, tmp_path, calibration=None, trust=False, **options):
     p = get_pass(name)
-    ctx = PassContext(tmp_path, calibration=calibration)
+    ctx = PassContext(tmp_path, calibration=calibration, trust_model_code=trust)
     assert p.why_not(model, ctx) == []
     out = p.run(model, p.options(**options), ctx)
     assert out.format == p.produces
@@ -86,7 +86,7 @@ def test_torch_to_onnx(tmp_path, kind):
         with pytest.raises(InputError, match="not recorded"):
             p.run(Model.load(path), p.options(), PassContext(tmp_path))
     shape = [1, 3, 32, 32] if kind == "torchscript" else None  # TorchScript records no shapes
-    out = run_pass("torch-to-onnx", Model.load(path), tmp_path, input_shape=shape)
+    out = run_pass("torch-to-onnx", Model.load(path), tmp_path, trust=kind == "export", input_shape=shape)
     xb = sample("cnn", batch=4)
     np.testing.assert_allclose(infer(out, xb), torch_reference("cnn", xb), atol=1e-4)
 

@@ -31,6 +31,13 @@ class InputError(EdgepilotError):
     http_status = 400
 
 
+class NotFoundError(EdgepilotError):
+    """A named thing (a served model, a version) does not exist."""
+
+    exit_code = 2
+    http_status = 404
+
+
 class ConfigError(EdgepilotError):
     """A config file or command-line option is invalid."""
 

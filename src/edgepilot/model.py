@@ -111,12 +111,15 @@ class Model:
         return any(t.quantization is not None for t in self.inputs + self.outputs)
 
     @classmethod
-    def load(cls, path: str | Path) -> Model:
-        """Detect the format from the content and read the IO specs; never unpickles objects."""
+    def load(cls, path: str | Path, *, trust_model_code: bool = False) -> Model:
+        """Detect the format from the content and read the IO specs; never runs code from the file.
+
+        `trust_model_code` lets a Keras model with Lambda layers load (their Python code then runs).
+        """
         from edgepilot.formats import describe
 
         p = Path(path)
-        return describe(p, detect_format(p))
+        return describe(p, detect_format(p), trust_model_code=trust_model_code)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -89,10 +89,12 @@ def _needed(steps: list[Step], wanted: set[str]) -> set[str]:
 
 
 def run_plan(model: Model, steps: list[Step], out: Path, calibration: Dataset | None = None,
-             progress: Progress | None = None, shapes: Shapes | None = None) -> tuple[dict[str, Model], list[Record]]:
+             progress: Progress | None = None, shapes: Shapes | None = None,
+             trust_model_code: bool = False) -> tuple[dict[str, Model], list[Record]]:
     """Run every step; write out/variants/<id>/ and out/lineage.json. Never raises for one failed pass.
 
     `shapes` are the source model's input shapes, for converters that need concrete ones (pnnx).
+    Passes that would run code from the model file are skipped unless `trust_model_code`.
     """
     from edgepilot.evaluate.sanity import SanityCheck
 
@@ -117,7 +119,7 @@ def run_plan(model: Model, steps: list[Step], out: Path, calibration: Dataset | 
         p = registered[step.pass_name]()
         rec = Record(step.variant, "ok", step.pass_name, step.source, step.options, tools=_tools(p))
         src = variants.get(step.source)
-        ctx = PassContext(out / "variants" / step.variant)
+        ctx = PassContext(out / "variants" / step.variant, trust_model_code=trust_model_code)
         t0 = time.perf_counter()
         try:
             if src is None:
@@ -201,7 +203,7 @@ def optimize_and_report(source: Model, ds: Dataset, out: Path, families: list[st
                         threads: int | None = None, max_accuracy_drop: float | None = 0.01,
                         min_agreement: float | None = None, task: str | None = None, postprocess=None,
                         calibration: Dataset | None = None, progress: Progress | None = None,
-                        shapes: Shapes | None = None):
+                        shapes: Shapes | None = None, trust_model_code: bool = False):
     """Plan, build, measure and report: writes variants/, lineage.json and report.{json,md,html} under `out`.
 
     Calibration samples come from `calibration` when given (e.g. the training split), else from `ds`.
@@ -217,7 +219,7 @@ def optimize_and_report(source: Model, ds: Dataset, out: Path, families: list[st
     out.mkdir(parents=True, exist_ok=True)
     calib = (calibration or ds).subset(calibration_samples)
     eval_set = ds.subset(eval_samples, seed=1)
-    variants, records = run_plan(source, plan(source, families), out, calib, progress, sample)
+    variants, records = run_plan(source, plan(source, families), out, calib, progress, sample, trust_model_code)
     results, ref = evaluate_variants(variants, eval_set, seconds=seconds, threads=threads, progress=progress,
                                      task=task, postprocess=postprocess, shapes=shapes)
     gates = Gates(max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement)

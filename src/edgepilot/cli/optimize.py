@@ -34,6 +34,7 @@ class Recipe(BaseModel):
     threads: int | None = Field(None, ge=1)
     target: str | None = None
     input_shapes: dict[str, list[Annotated[int, Field(ge=1)]]] | None = None  # e.g. {images: [1, 3, 640, 640]}
+    trust_model_code: bool = False  # let conversions run code from the model file (see the README)
 
 
 def register(app: typer.Typer) -> None:
@@ -60,6 +61,8 @@ def register(app: typer.Typer) -> None:
         target: str = typer.Option(None, help="Plan only what this board (or host) can run, then select for it."),
         shape: list[str] = typer.Option([], help="Input shape to convert and time at: NAME=1x3x640x640 (repeatable "
                                         "or comma-separated); default: the data's sample shape, batch 1."),
+        trust_model_code: bool = typer.Option(False, "--trust-model-code", help="Let conversions that must run "
+                                              "code from the model file run it (SavedModel, .pt2, Keras Lambda)."),
     ) -> None:
         """Convert MODEL into every deployable variant, measure each, and write lineage.json and report.md/json."""
         from edgepilot.cli import native_stdout_to_stderr, wide_console
@@ -74,6 +77,7 @@ def register(app: typer.Typer) -> None:
                                        eval_samples=eval_samples, max_accuracy_drop=max_accuracy_drop,
                                        seconds=seconds, threads=threads, target=target, task=task,
                                        min_agreement=min_agreement, postprocess=_postprocess(postprocess),
+                                       trust_model_code=trust_model_code or None,  # a recipe may say true
                                        formats=[f.strip() for f in formats.split(",")] if formats else None,
                                        input_shapes=parse_shapes(shape) or None).items()
                  if v is not None}
@@ -86,7 +90,7 @@ def register(app: typer.Typer) -> None:
                 raise ConfigError("give MODEL and --data, or --recipe FILE")
             cfg = Recipe(**given)
         out, target = cfg.out, cfg.target
-        source = Model.load(cfg.model)
+        source = Model.load(cfg.model, trust_model_code=cfg.trust_model_code)
         ds = load_dataset(cfg.data)
         fit_to_input(ds.subset(1), source.inputs[0])  # data that does not fit the model stops here, clearly
         families = cfg.formats
@@ -98,7 +102,8 @@ def register(app: typer.Typer) -> None:
                 source, ds, out, families, calibration_samples=cfg.calibration_samples,
                 eval_samples=cfg.eval_samples, seconds=cfg.seconds, threads=cfg.threads,
                 max_accuracy_drop=cfg.max_accuracy_drop, min_agreement=cfg.min_agreement, task=cfg.task,
-                postprocess=cfg.postprocess, progress=progress, shapes=cfg.input_shapes)
+                postprocess=cfg.postprocess, progress=progress, shapes=cfg.input_shapes,
+                trust_model_code=cfg.trust_model_code)
         print_summary(console, report, records, out)
         if target:
             from edgepilot.cli.targets import print_selection

@@ -1,4 +1,8 @@
-"""Read a model file of each format into a Model: one module per format, each with `describe(path)`."""
+"""Read a model file of each format into a Model: one module per format, each with `describe(path)`.
+
+Reading never runs code from the file. Keras models with Python code in them (Lambda layers) are
+read only when the user trusts the file: `trust_model_code`.
+"""
 from __future__ import annotations
 
 import importlib
@@ -18,10 +22,13 @@ _DESCRIBERS = {
     Format.NCNN: "edgepilot.formats.ncnn",
     Format.TENSORRT: "edgepilot.formats.tensorrt",
 }
+TRUST_HINT = "if you trust this file, pass --trust-model-code to optimize (trust_model_code: true in a recipe)"
 
 
-def describe(path: Path, fmt: Format) -> Model:
+def describe(path: Path, fmt: Format, *, trust_model_code: bool = False) -> Model:
     module = importlib.import_module(_DESCRIBERS[fmt])
+    if trust_model_code and fmt == Format.KERAS:  # the one reader that can run code, when told to
+        return module.describe(path, fmt, trust_model_code=True)
     return module.describe(path, fmt)
 
 

@@ -26,7 +26,7 @@ class KerasToOnnx(Pass):
     def run(self, model: Model, options: Options, ctx: PassContext) -> Model:
         tf = require("tensorflow", "tf")
         tf2onnx = require("tf2onnx", "onnxtools")
-        keras_model = tf.keras.models.load_model(str(model.path), compile=False, safe_mode=True)
+        keras_model = tf.keras.models.load_model(str(model.path), compile=False, safe_mode=not ctx.trust_model_code)
         specs = []
         for t in model.inputs:
             if t.shape is None:

@@ -6,6 +6,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgepilot.errors import InputError, RuntimeFailure
+from edgepilot.formats import TRUST_HINT
 from edgepilot.model import Format, Model
 from edgepilot.optional import require
 from edgepilot.passes.base import Pass, PassContext
@@ -26,13 +27,20 @@ class KerasToTFLite(Pass):
     requires = ("tensorflow",)
     extra = "tf"
 
+    def why_not(self, model: Model, ctx: PassContext) -> list[str]:
+        reasons = super().why_not(model, ctx)
+        if model.format == Format.SAVEDMODEL and not ctx.trust_model_code:
+            # the converter loads the SavedModel into TensorFlow, which runs its graph (initializers included)
+            reasons.append(f"converting a SavedModel runs its graph code; {TRUST_HINT}")
+        return reasons
+
     def run(self, model: Model, options: Options, ctx: PassContext) -> Model:
         tf = require("tensorflow", "tf")
         if model.format == Format.SAVEDMODEL:
             conv = tf.lite.TFLiteConverter.from_saved_model(str(model.path))
         else:
             conv = tf.lite.TFLiteConverter.from_keras_model(
-                tf.keras.models.load_model(str(model.path), compile=False, safe_mode=True))
+                tf.keras.models.load_model(str(model.path), compile=False, safe_mode=not ctx.trust_model_code))
         if options.precision != "float32":
             conv.optimizations = [tf.lite.Optimize.DEFAULT]
         if options.precision == "float16":

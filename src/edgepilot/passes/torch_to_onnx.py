@@ -4,6 +4,8 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgepilot.errors import InputError, RuntimeFailure
+from edgepilot.formats import TRUST_HINT
+from edgepilot.formats.torch import load_exported_program, load_torchscript
 from edgepilot.model import Format, Model
 from edgepilot.optional import require
 from edgepilot.passes.base import Pass, PassContext
@@ -24,12 +26,19 @@ class TorchToOnnx(Pass):
     requires = ("torch", "onnx")
     extra = "torch"
 
+    def why_not(self, model: Model, ctx: PassContext) -> list[str]:
+        reasons = super().why_not(model, ctx)
+        if model.format == Format.TORCH_EXPORT and not ctx.trust_model_code:
+            # torch.export.load evaluates the graph's shape expressions and exec's its guard code
+            reasons.append(f"converting a torch.export program runs code from the archive; {TRUST_HINT}")
+        return reasons
+
     def run(self, model: Model, options: Options, ctx: PassContext) -> Model:
         torch = require("torch", "torch")
         if model.format == Format.TORCH_EXPORT:
-            module = torch.export.load(str(model.path)).module()
+            module = load_exported_program(model.path).module()
         else:
-            module = torch.jit.load(str(model.path), map_location="cpu")
+            module = load_torchscript(model.path)
         # torch.export bakes a batch of 1 into the graph, so trace with 2 where the batch is to stay dynamic
         exported_dynamic = model.format == Format.TORCH_EXPORT and options.dynamic_batch and all(
             t.shape is not None and not isinstance(t.shape[0], int) for t in model.inputs)

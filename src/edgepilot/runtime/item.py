@@ -111,7 +111,7 @@ class Item:
     values: dict[str, float] | None = None  # sensor readings by name
     live: bool = False  # a live source drops its oldest items under load; a file source waits instead
     meta: dict[str, Any] = field(default_factory=dict)  # path, topic, quality flags ...
-    tensor: np.ndarray | None = None  # model input for this item, without the batch axis
+    tensor: np.ndarray | dict[str, np.ndarray] | None = None  # model input(s) for this item, without the batch axis
     transform: FrameTransform | None = None
     outputs: dict[str, np.ndarray] | None = None  # this item's slice of the model outputs
     result: Result | None = None

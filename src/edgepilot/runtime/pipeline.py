@@ -31,7 +31,17 @@ from edgepilot.runtime.stages import PreprocessConfig, Preprocessor
 from edgepilot.runtime.stats import PipelineStats
 
 log = logging.getLogger(__name__)
-_PATH_FIELDS = {"path", "dir", "file", "outbox", "labels_file", "cache_dir", "ca_file"}
+_PATH_FIELDS = {"path", "dir", "file", "outbox", "labels_file", "cache_dir", "ca_file", "models"}
+
+
+class ServerConfig(BaseModel):
+    """`server:` in the pipeline YAML: serve the stream of results and events (WebSocket /stream), /metrics, and
+    optionally a model repository, while the pipeline runs."""
+
+    model_config = ConfigDict(extra="forbid")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    models: str | None = Field(None, description="a model repository to serve too (as `edgepilot serve`)")
 
 
 class PipelineConfig(BaseModel):
@@ -48,6 +58,7 @@ class PipelineConfig(BaseModel):
     sinks: list[SinkConfig] = Field(default_factory=lambda: [{"type": "stdout"}])
     logging: LogConfig | None = None
     workdir: str = Field(".edgepilot", description="state kept between runs (webhook spools)")
+    server: ServerConfig | None = None
 
     @model_validator(mode="after")
     def _mqtt_actions_have_a_broker(self) -> PipelineConfig:
@@ -130,6 +141,12 @@ class Pipeline:
         for s in cfg.sinks:
             self.sinks.append(open_sink(s, pipeline=cfg.name, workdir=workdir,
                                         fps_of=lambda sid: getattr(by_id.get(sid), "fps", None)))
+        self.server = None
+        if cfg.server is not None:  # imported here: a pipeline without a server needs no web framework
+            from edgepilot.serve.app import pipeline_server
+
+            self.server, stream = pipeline_server(cfg.server.host, cfg.server.port, cfg.server.models, self.stats)
+            self.sinks.append(stream)
         self._routed_webhooks: dict[str, WebhookSink] = {}
         self._workdir = workdir
         spec = self.model.inputs[0]
@@ -150,6 +167,8 @@ class Pipeline:
         # another stage runs Python; CPython's default 5 ms would idle the model for whole frames.
         sys.setswitchinterval(min(sys.getswitchinterval(), 0.0005))
         self.scheduler.start()
+        if self.server is not None:
+            self.server.start()
         out = threading.Thread(target=self._output, name="output", daemon=True)
         out.start()
         readers = [threading.Thread(target=self._read, args=(s,), name=f"source-{s.id}", daemon=True)
@@ -176,6 +195,8 @@ class Pipeline:
             self.scheduler.close(timeout=30)
             self._out.put(None)
             out.join(60)
+            if self.server is not None:
+                self.server.stop()
             self._close_all()
         return self.summary()
 

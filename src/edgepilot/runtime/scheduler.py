@@ -178,13 +178,14 @@ class Scheduler:
         ready = [it for it in batch if it.error is None]
         if not ready:
             return
-        x = np.stack([it.tensor for it in ready])
+        feeds = self._stack([it.tensor for it in ready])
         n = len(ready)
         if self.fixed_batch and n < self.fixed_batch:  # a fixed-batch model takes exactly its batch: pad with zeros
-            x = np.concatenate([x, np.zeros((self.fixed_batch - n,) + x.shape[1:], x.dtype)])
+            feeds = {k: np.concatenate([x, np.zeros((self.fixed_batch - n,) + x.shape[1:], x.dtype)])
+                     for k, x in feeds.items()}
         t0 = time.perf_counter()
         try:
-            outputs = session.run({self.input_name: x})
+            outputs = session.run(feeds)
         except Exception as e:  # one bad batch never stops the pipeline
             dt = time.perf_counter() - t0
             self.stats.inference(dt, n, ok=False)
@@ -198,6 +199,13 @@ class Scheduler:
         for i, it in enumerate(ready):
             it.outputs = {k: v[i] for k, v in outputs.items()}
             it.timings["infer"] = dt / n
+
+    def _stack(self, tensors: list) -> dict[str, np.ndarray]:
+        """One batched feed per input: an item's tensor is a sample of the first input, or (a model with several
+        inputs, as the server feeds) a dict of samples by input name."""
+        if isinstance(tensors[0], dict):
+            return {name: np.stack([t[name] for t in tensors]) for name in tensors[0]}
+        return {self.input_name: np.stack(tensors)}
 
     def _release(self, first: int, batch: list[Item]) -> None:
         with self._out_lock:

@@ -1,0 +1,123 @@
+"""The server: a FastAPI app over a model repository (KServe v2, TF Serving, /metrics), and running it with uvicorn."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from edgepilot.errors import EdgepilotError, RuntimeFailure
+from edgepilot.optional import require
+from edgepilot.serve.http import ServerSettings, error_response, json_response
+from edgepilot.serve.metrics import ServeMetrics
+from edgepilot.serve.repository import Repository
+from edgepilot.serve.stream import Broadcaster, StreamSink
+
+log = logging.getLogger(__name__)
+
+
+def create_app(repo: Repository, settings: ServerSettings | None = None,
+               broadcaster: Broadcaster | None = None) -> FastAPI:
+    """The app serving `repo` (already loaded, or loaded through the repository API), and a pipeline's stream when
+    given its broadcaster; closing the app at shutdown retires every model once its requests have finished."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        yield
+        repo.close()
+
+    app = FastAPI(title="edgepilot serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.repo = repo
+    app.state.broadcaster = broadcaster
+    app.state.settings = settings or ServerSettings()
+    app.state.metrics = repo.metrics or ServeMetrics()
+    repo.metrics = app.state.metrics
+
+    from edgepilot.serve import kserve, stream, tfserving
+
+    app.include_router(kserve.router)
+    app.include_router(tfserving.router)
+    app.include_router(stream.router)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        body, content_type = app.state.metrics.render()
+        return Response(body, media_type=content_type)
+
+    @app.exception_handler(EdgepilotError)
+    async def edgepilot_error(_: Request, e: EdgepilotError) -> Response:
+        return error_response(e)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, e: HTTPException) -> Response:
+        return json_response({"error": str(e.detail)}, e.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, e: RequestValidationError) -> Response:
+        return json_response({"error": f"invalid request: {e.errors()[0].get('msg', e)}"}, 400)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, e: Exception) -> Response:  # never a crash, never an HTML page
+        log.exception("%s %s failed", request.method, request.url.path)
+        return json_response({"error": f"internal error: {type(e).__name__}: {e}"}, 500)
+
+    return app
+
+
+def open_repository(models: str | Path) -> Repository:
+    """The repository with every model loaded; a model that fails to load is served as UNAVAILABLE, with why."""
+    repo = Repository(models, ServeMetrics())
+    for name in repo.names():
+        try:
+            repo.load(name)
+        except EdgepilotError as e:
+            log.error("model %s not served: %s", name, e)
+    return repo
+
+
+def serve(models: str | Path, settings: ServerSettings) -> None:
+    """Load the repository and serve until SIGINT/SIGTERM; requests in flight finish before the exit."""
+    uvicorn = require("uvicorn", "serve")
+    app = create_app(open_repository(models), settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", timeout_graceful_shutdown=30)
+
+
+class BackgroundServer:
+    """uvicorn in a thread of this process (the pipeline's server, the tests' servers)."""
+
+    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+        uvicorn = require("uvicorn", "serve")
+        self.app = app
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                                    timeout_graceful_shutdown=10))
+        self.thread = threading.Thread(target=self.server.run, name="server", daemon=True)
+
+    def start(self, timeout_s: float = 20.0) -> BackgroundServer:
+        self.thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeFailure("the server did not start", hint="is the port already in use?")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(20)
+
+
+def pipeline_server(host: str, port: int, models: str | None, stats) -> tuple[BackgroundServer, StreamSink]:
+    """The server `edgepilot run` starts for `server:` in its YAML: the stream of results and events, the
+    pipeline's statistics in /metrics, and the models of `models` (a repository) when given."""
+    from edgepilot.serve.metrics import PipelineCollector
+
+    repo = open_repository(models) if models else Repository(None, ServeMetrics())
+    repo.metrics.registry.register(PipelineCollector(stats))
+    broadcaster = Broadcaster()
+    return BackgroundServer(create_app(repo, broadcaster=broadcaster), host, port), StreamSink(broadcaster)

@@ -1,0 +1,227 @@
+"""One loaded model version: its sessions (instances), warm-up, the runtime's batching scheduler, statistics, drain."""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgepilot.engines import engine_for, open_session
+from edgepilot.engines.base import Session, default_threads
+from edgepilot.errors import ConfigError, EdgepilotError, InputError, NotFoundError, RuntimeFailure, UnavailableError
+from edgepilot.evaluate.latency import synthetic_feeds
+from edgepilot.model import Model
+from edgepilot.runtime.item import Item
+from edgepilot.runtime.scheduler import Scheduler, SchedulerConfig
+from edgepilot.runtime.stats import PipelineStats
+from edgepilot.serve.tensors import validate_feeds
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Timing:
+    count: int = 0
+    ns: int = 0
+
+    def add(self, seconds: float, n: int = 1) -> None:
+        self.count += n
+        self.ns += int(seconds * 1e9)
+
+    def to_dict(self) -> dict:
+        return {"count": self.count, "ns": self.ns}
+
+
+@dataclass
+class VersionStats:
+    """What the statistics extension reports, all measured here."""
+
+    success: Timing = field(default_factory=Timing)
+    fail: Timing = field(default_factory=Timing)
+    queue: Timing = field(default_factory=Timing)
+    compute_input: Timing = field(default_factory=Timing)
+    compute_infer: Timing = field(default_factory=Timing)
+    compute_output: Timing = field(default_factory=Timing)
+    inference_count: int = 0
+    execution_count: int = 0
+    last_inference_ms: int = 0
+    batches: dict[int, Timing] = field(default_factory=dict)
+
+
+class _BatchStats(PipelineStats):
+    """The scheduler's statistics, plus one observation per executed batch for this version's counters."""
+
+    def __init__(self, served: ServedVersion) -> None:
+        super().__init__()
+        self.served = served
+
+    def inference(self, seconds: float, batch: int, ok: bool = True) -> None:
+        super().inference(seconds, batch, ok)
+        self.served.executed(seconds, batch)
+
+
+class _Request:
+    """Collects the items of one request as the scheduler emits them (in a worker thread)."""
+
+    def __init__(self, n: int) -> None:
+        self.items: list[Item | None] = [None] * n
+        self.left = n
+        self.future: concurrent.futures.Future = concurrent.futures.Future()
+        self.submitted = time.perf_counter()
+
+
+class ServedVersion:
+    """A model version ready to serve: `await infer(feeds)` batches concurrent requests through the scheduler."""
+
+    def __init__(self, name: str, version: int, model: Model, *, engine: str | None, threads: int | None,
+                 instances: int, max_batch: int, max_delay_ms: float, max_queue: int, warmup: int,
+                 reject_nonfinite: bool, metrics=None) -> None:
+        self.name, self.version, self.model = name, version, model
+        unbatched = [s.name for s in model.inputs if not s.shape]
+        if unbatched:
+            raise ConfigError(f"{model.path}: input {unbatched[0]!r} has no first (batch) dimension",
+                              hint="serve models whose inputs have a known rank of 1 or more")
+        self.reject_nonfinite = reject_nonfinite
+        self.metrics = metrics
+        self.stats = VersionStats()
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._inflight = 0
+        self._retired = False
+        threads = threads or max(1, default_threads() // instances)
+        self.engine = engine_for(model, engine).name
+        self.sessions: list[Session] = []
+        try:
+            for _ in range(instances):
+                self.sessions.append(open_session(model, self.engine, threads=threads))
+            for s in self.sessions:
+                self._warm_up(s, warmup)
+        except Exception:
+            self._close_sessions()
+            raise
+        self.inputs, self.outputs = self.sessions[0].inputs, self.sessions[0].outputs
+        cfg = SchedulerConfig(max_batch=max_batch, max_delay_ms=max_delay_ms,
+                              queue_size=max_queue)
+        self.scheduler = Scheduler(self.sessions, cfg, _BatchStats(self), self._emit)
+        self.scheduler.start()
+
+    @property
+    def platform(self) -> str:
+        return f"{self.engine}_{self.model.format.value}"
+
+    def _warm_up(self, session: Session, runs: int) -> None:
+        """Synthetic inputs through each instance so the first request does not pay for lazy initialisation."""
+        if runs <= 0:
+            return
+        try:
+            feeds = synthetic_feeds(session.inputs, batch=1)
+        except EdgepilotError as e:
+            log.warning("%s v%d: no warm-up (%s)", self.name, self.version, e.message)
+            return
+        for _ in range(runs):
+            session.run(feeds)
+
+    async def infer(self, feeds: dict[str, np.ndarray], timeout_s: float) -> tuple[dict[str, np.ndarray], float]:
+        """Validated feeds in, outputs out; also returns the request's queue seconds. Raises EdgepilotError."""
+        t0 = time.perf_counter()
+        try:
+            return await self._infer(feeds, timeout_s, t0)
+        except Exception:
+            with self._lock:
+                self.stats.fail.add(time.perf_counter() - t0)
+            raise
+
+    async def _infer(self, feeds: dict[str, np.ndarray], timeout_s: float, t0: float):
+        feeds = validate_feeds(self.inputs, feeds, reject_nonfinite=self.reject_nonfinite)
+        n = next(iter(feeds.values())).shape[0]
+        if n == 0:
+            raise InputError("an empty batch (first dimension 0)")
+        self.stats.compute_input.add(time.perf_counter() - t0)
+        req = _Request(n)  # one item per sample: the scheduler batches samples of concurrent requests together
+        items = [Item(source=self.name, seq=i, ts=time.time(), tensor={k: v[i] for k, v in feeds.items()},
+                      meta={"request": req}) for i in range(n)]
+        try:
+            await asyncio.to_thread(self._submit, items)  # a full queue blocks a thread, not the event loop
+            outputs = await asyncio.wait_for(asyncio.wrap_future(req.future), timeout_s)
+        except asyncio.TimeoutError:
+            raise UnavailableError(f"{self.name} v{self.version}: no result within {timeout_s:g} s",
+                                   hint="the server is overloaded; retry later") from None
+        return outputs, self._account(req, items, t0)
+
+    def _submit(self, items: list[Item]) -> None:
+        for it in items:
+            self.scheduler.submit(it)
+
+    def _emit(self, item: Item) -> None:
+        req: _Request = item.meta.pop("request")
+        req.items[item.seq] = item
+        req.left -= 1
+        if req.left:
+            return
+        try:  # in a scheduler worker: nothing may escape, or the worker dies
+            failed = next((it.error for it in req.items if it.error), None)
+            if failed:
+                req.future.set_exception(RuntimeFailure(f"{self.name} v{self.version}: {failed}"))
+            else:
+                req.future.set_result({k: np.stack([it.outputs[k] for it in req.items]) for k in req.items[0].outputs})
+        except concurrent.futures.InvalidStateError:
+            pass  # the request timed out and was cancelled: nobody waits for this result
+        except Exception as e:
+            log.exception("%s v%d: cannot assemble a result", self.name, self.version)
+            req.future.set_exception(RuntimeFailure(f"{self.name} v{self.version}: cannot assemble the result: {e}"))
+
+    def _account(self, req: _Request, items: list[Item], t0: float) -> float:
+        total = time.perf_counter() - t0
+        compute = sum(it.timings.get("infer", 0.0) for it in items)
+        waited = max(0.0, time.perf_counter() - req.submitted - compute)
+        with self._lock:
+            s = self.stats
+            s.success.add(total)
+            s.queue.add(waited)
+            s.compute_infer.add(compute)
+            s.inference_count += len(items)
+            s.last_inference_ms = int(time.time() * 1e3)
+        if self.metrics is not None:
+            self.metrics.observe_compute(self.name, self.version, waited, compute)
+        return waited
+
+    def encoded(self, seconds: float) -> None:
+        with self._lock:
+            self.stats.compute_output.add(seconds)
+
+    def executed(self, seconds: float, batch: int) -> None:
+        with self._lock:
+            self.stats.execution_count += 1
+            self.stats.batches.setdefault(batch, Timing()).add(seconds)
+        if self.metrics is not None:
+            self.metrics.observe_batch(self.name, self.version, batch)
+
+    def acquire(self) -> None:
+        """One more request in flight (Repository.use holds it for the request)."""
+        with self._lock:
+            if self._retired:
+                raise NotFoundError(f"model {self.name!r} version {self.version} was just unloaded",
+                                    hint="retry: the request goes to the version now served")
+            self._inflight += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._inflight -= 1
+            if not self._inflight:
+                self._idle.notify_all()
+
+    def retire(self, timeout_s: float = 60.0) -> None:
+        """Take no new requests, let those in flight finish, then stop the workers and free the sessions."""
+        with self._lock:
+            self._retired = True
+            self._idle.wait_for(lambda: self._inflight == 0, timeout_s)
+        self.scheduler.close(timeout_s)
+        self._close_sessions()
+
+    def _close_sessions(self) -> None:
+        for s in self.sessions:
+            s.close()

@@ -1,0 +1,119 @@
+"""Dynamic batching across concurrent requests (the runtime's scheduler), instances, warm-up at load, and a new
+version swapped in while requests are in flight without failing any."""
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+
+from edgepilot.engines.fake import FakeEngine, registered
+from servers import B1, W1, W2, linear_onnx, serving
+
+
+def infer(url, model, x, version=None):
+    path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/infer"
+    body = {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
+    r = httpx.post(url + path, json=body, timeout=30)
+    return r.status_code, r.json()
+
+
+def output(reply, shape=(1, 3)):
+    return np.array(reply["outputs"][0]["data"], np.float32).reshape(shape)
+
+
+def test_concurrent_requests_are_batched_together(tmp_path):
+    linear_onnx(tmp_path / "linear" / "1" / "model.onnx")
+    # one worker and a long batching window: four concurrent single-sample requests make exactly one batch of four
+    (tmp_path / "linear" / "config.yaml").write_text("max_batch: 4\nmax_delay_ms: 5000\ninstances: 1\nwarmup: 0\n")
+    xs = [np.full((1, 4), i, np.float32) for i in range(4)]
+    with serving(tmp_path) as server, ThreadPoolExecutor(4) as pool:
+        replies = list(pool.map(lambda x: infer(server.url, "linear", x), xs))
+        stats = httpx.get(f"{server.url}/v2/models/linear/stats").json()["model_stats"][0]
+    for x, (status, reply) in zip(xs, replies):
+        assert status == 200
+        np.testing.assert_allclose(output(reply), x @ W1 + B1, rtol=1e-5)
+    assert stats["inference_count"] == 4 and stats["execution_count"] == 1
+    assert [b["batch_size"] for b in stats["batch_stats"]] == [4]
+
+
+def test_a_request_larger_than_max_batch_and_a_fixed_batch_model(tmp_path):
+    linear_onnx(tmp_path / "linear" / "1" / "model.onnx")
+    (tmp_path / "linear" / "config.yaml").write_text("max_batch: 2\nmax_delay_ms: 0\n")
+    linear_onnx(tmp_path / "fixed" / "1" / "model.onnx", batch=3)  # takes exactly 3: the scheduler pads
+    x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    with serving(tmp_path) as server:
+        for model in ("linear", "fixed"):
+            status, reply = infer(server.url, model, x)
+            assert status == 200
+            np.testing.assert_allclose(output(reply, (5, 3)), x @ W1 + B1, rtol=1e-5, atol=1e-6)
+        batches = httpx.get(f"{server.url}/v2/models/fixed/stats").json()["model_stats"][0]["batch_stats"]
+    assert {b["batch_size"] for b in batches} == {3, 2}  # 5 samples: one full batch, one padded
+
+
+def test_instances_threads_and_warm_up_at_load(tmp_path):
+    linear_onnx(tmp_path / "scripted" / "1" / "model.onnx")
+    (tmp_path / "scripted" / "config.yaml").write_text("engine: fake-warm\ninstances: 3\nthreads: 1\nwarmup: 2\n")
+    engine = FakeEngine.scripted(lambda f: {"output": f["input"][:, :3] * 2}, name="fake-warm")
+    with registered(engine), serving(tmp_path) as server:
+        served = server.app_state.repo.get("scripted")
+        assert len(served.sessions) == 3 and all(s.threads == 1 for s in served.sessions)
+        assert [s.calls for s in served.sessions] == [2, 2, 2]  # warmed up before the first request
+        status, reply = infer(server.url, "scripted", np.ones((1, 4), np.float32))
+        assert status == 200 and reply["outputs"][0]["data"] == [2.0, 2.0, 2.0]
+        assert sum(s.calls for s in served.sessions) == 7
+
+
+def test_a_new_version_is_swapped_in_without_failing_requests_in_flight(tmp_path):
+    linear_onnx(tmp_path / "linear" / "1" / "model.onnx")
+    (tmp_path / "linear" / "config.yaml").write_text("max_delay_ms: 1\ninstances: 2\nthreads: 1\n")
+    x = np.ones((1, 4), np.float32)
+    old, new = x @ W1 + B1, x @ W2 + B1
+    stop = threading.Event()
+    results: list[tuple[int, dict]] = []
+
+    def client(url):
+        while not stop.is_set():
+            results.append(infer(url, "linear", x))
+
+    with serving(tmp_path) as server:
+        threads = [threading.Thread(target=client, args=(server.url,)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        while len(results) < 20:
+            threading.Event().wait(0.01)
+        linear_onnx(tmp_path / "linear" / "2" / "model.onnx", w=W2)
+        load = httpx.post(f"{server.url}/v2/repository/models/linear/load", timeout=60)
+        seen_at_load = len(results)
+        while len(results) < seen_at_load + 20:
+            threading.Event().wait(0.01)
+        stop.set()
+        for t in threads:
+            t.join(30)
+        meta = httpx.get(f"{server.url}/v2/models/linear").json()
+        old_version = httpx.get(f"{server.url}/v2/models/linear/versions/1")
+    assert load.status_code == 200
+    assert all(status == 200 for status, _ in results), [r for s, r in results if s != 200][:3]
+    versions = [reply["model_version"] for _, reply in results]
+    assert versions[:20] == ["1"] * 20 and versions[-4:] == ["2"] * 4
+    for _, reply in results:
+        np.testing.assert_allclose(output(reply), old if reply["model_version"] == "1" else new, rtol=1e-5)
+    assert meta["versions"] == ["2"] and old_version.status_code == 404
+
+
+@pytest.mark.parametrize("config,words", [("versions: [3]\n", "no folder for version"),
+                                          ("engine: nope\n", "unknown engine"), ("max_batch: 0\n", "max_batch")])
+def test_a_bad_config_leaves_the_model_unavailable_with_the_reason(tmp_path, config, words):
+    linear_onnx(tmp_path / "linear" / "1" / "model.onnx")
+    (tmp_path / "linear" / "config.yaml").write_text(config)
+    (tmp_path / "broken" / "1").mkdir(parents=True)
+    (tmp_path / "broken" / "1" / "model.onnx").write_bytes(b"\x08not a model")
+    with serving(tmp_path) as server:
+        assert httpx.get(f"{server.url}/v2/health/ready").status_code == 503
+        index = {m["name"]: m for m in httpx.post(f"{server.url}/v2/repository/index").json()}
+        r = httpx.get(f"{server.url}/v2/models/linear")
+    assert index["linear"]["state"] == "UNAVAILABLE" and words in index["linear"]["reason"]
+    assert index["broken"]["state"] == "UNAVAILABLE" and "broken" in index["broken"]["reason"]
+    assert r.status_code == 404 and words in r.json()["error"]
