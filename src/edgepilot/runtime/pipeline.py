@@ -150,8 +150,10 @@ class Pipeline:
         self._routed_webhooks: dict[str, WebhookSink] = {}
         self._workdir = workdir
         spec = self.model.inputs[0]
-        self.sessions, self.load_s = open_sessions(self.model, cfg.model, self.plan.workers, self.plan.model_threads,
-                                                   {spec.name: _fed_shape(self.preprocess, spec)})
+        self.sessions, self.load_s, probe = open_sessions(self.model, cfg.model, self.plan.workers,
+                                                          self.plan.model_threads,
+                                                          {spec.name: _fed_shape(self.preprocess, spec)})
+        self.postprocess.check({k: v[0] for k, v in probe.items()})  # a wrong decoder would publish garbage
         self.scheduler = Scheduler(self.sessions, cfg.scheduler, self.stats, emit=self._out.put)
         log.info("pipeline %s: %s on %s, %d worker(s) x %d thread(s), %d source(s), loaded in %.2f s", cfg.name,
                  Path(cfg.model.path).name, self.sessions[0].__class__.__name__, self.plan.workers,

@@ -1,0 +1,117 @@
+"""The runtime fails loudly: a decoder that does not fit the model is refused at start, `run --check` opens what a run
+would, the exit code says when sources failed or events stayed undelivered, a deleted outbox is reported, and every
+skipped input is counted."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from edgepilot.assets import asset
+from edgepilot.errors import ConfigError
+from edgepilot.runtime.pipeline import Pipeline, load_pipeline_config
+
+EXE = [sys.executable, "-c", "from edgepilot.cli import main; main()"]
+ROWS, CLASSES, SIZE = 64, 3, 16
+
+
+def edgepilot(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([*EXE, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "COLUMNS": "200"})
+
+
+def yolo_model(path: Path, family: str) -> Path:
+    """A YOLO-shaped ONNX head over a 16x16 image: yolov8 [1, 4+C, N] with sigmoid class scores, yolov5
+    [1, N, 5+C] with sigmoid objectness and class scores; boxes are positive pixel values."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    lead = 4 if family == "yolov8" else 5
+    width = lead + CLASSES
+    axis = 1 if family == "yolov8" else 2
+    shape = [1, width, ROWS] if family == "yolov8" else [1, ROWS, width]
+    w = np.random.default_rng(0).standard_normal((3 * SIZE * SIZE, width * ROWS)).astype(np.float32) * 0.05
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(shape, np.int64), "shape"),
+             numpy_helper.from_array(np.array([4, width - 4], np.int64), "split"),
+             numpy_helper.from_array(np.array(8.0, np.float32), "eight")]
+    nodes = [helper.make_node("Flatten", ["x"], ["flat"]), helper.make_node("MatMul", ["flat", "w"], ["y"]),
+             helper.make_node("Reshape", ["y", "shape"], ["head"]),
+             helper.make_node("Split", ["head", "split"], ["box", "logits"], axis=axis),
+             helper.make_node("Abs", ["box"], ["size"]), helper.make_node("Add", ["size", "eight"], ["pixels"]),
+             helper.make_node("Sigmoid", ["logits"], ["scores"]),
+             helper.make_node("Concat", ["pixels", "scores"], ["output0"], axis=axis)]
+    graph = helper.make_graph(nodes, family, [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                            [1, 3, SIZE, SIZE])],
+                              [helper.make_tensor_value_info("output0", TensorProto.FLOAT, shape)], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(path))
+    return path
+
+
+def images(folder: Path, n: int = 2) -> Path:
+    folder.mkdir(exist_ok=True)
+    for i in range(n):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), np.full((24, 32, 3), 40 * i, np.uint8))
+    return folder
+
+
+def write(path: Path, cfg: dict) -> Path:
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def yolo_config(tmp_path: Path, model: Path, postprocess: dict) -> dict:
+    return {"name": "yolo", "model": {"path": str(model), "warmup": 1},
+            "sources": [{"type": "folder", "id": "imgs", "path": str(images(tmp_path / "imgs"))}],
+            "postprocess": postprocess, "sinks": [{"type": "jsonl", "path": str(tmp_path / "out.jsonl")}]}
+
+
+@pytest.fixture(scope="module")
+def yolo_models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("yolo")
+    return {f: yolo_model(d / f"{f}.onnx", f) for f in ("yolov5", "yolov8")}
+
+
+@pytest.mark.parametrize("family, postprocess, message", [
+    ("yolov8", {"type": "yolov5"}, "objectness and class scores of output 'output0'.* should be scores in \\[0, 1\\]"),
+    ("yolov5", {"type": "yolov8", "labels": ["a", "b", "c"]}, "holds 4 class\\(es\\) but 3 label\\(s\\)"),
+    ("yolov8", {"type": "yolov8", "labels": ["a", "b"]}, "holds 3 class\\(es\\) but 2 label\\(s\\)"),
+])
+def test_a_decoder_that_does_not_fit_the_model_is_refused_at_start(tmp_path, yolo_models, family, postprocess,
+                                                                    message):
+    config = load_pipeline_config(write(tmp_path / "p.yaml", yolo_config(tmp_path, yolo_models[family],
+                                                                          postprocess)))
+    with pytest.raises(ConfigError, match=message):
+        Pipeline(config)
+    assert not (tmp_path / "out.jsonl").exists() or not (tmp_path / "out.jsonl").read_text()
+
+
+def test_the_matching_decoder_starts_and_runs(tmp_path, yolo_models):
+    for family in ("yolov5", "yolov8"):
+        cfg = yolo_config(tmp_path, yolo_models[family], {"type": family, "labels": ["a", "b", "c"]})
+        summary = Pipeline(load_pipeline_config(write(tmp_path / "p.yaml", cfg))).run()
+        assert summary["counters"]["completed"] == 2 and summary["counters"].get("errors", 0) == 0
+
+
+@pytest.mark.parametrize("postprocess, message", [
+    ({"type": "yolov8", "output": "regressors"}, "class scores of output 'regressors'.* range from"),
+    ({"type": "blazeface", "labels": ["face", "cat"]}, "'classificators' holds 1 class\\(es\\) but 2 label"),
+    ({"type": "ssd", "strides": [8, 16, 16, 16]}, "'classificators' should be scores in \\[0, 1\\].*sigmoid_score"),
+])
+def test_wrong_decoders_on_real_blazeface_are_one_line_start_errors(tmp_path, postprocess, message):
+    cfg = {"name": "faces", "model": {"path": str(asset("blazeface-short-range", download=False)), "warmup": 0},
+           "sources": [{"type": "folder", "path": str(images(tmp_path / "imgs"))}],
+           "preprocess": {"resize": "letterbox", "color": "rgb", "normalize": "-1-1"},
+           "postprocess": postprocess, "sinks": [{"type": "jsonl", "path": str(tmp_path / "out.jsonl")}]}
+    proc = edgepilot("run", str(write(tmp_path / "p.yaml", cfg)))
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len([ln for ln in lines if "error" in ln.lower()]) == 1 and "Traceback" not in proc.stderr
+    import re
+
+    assert re.search(message, proc.stderr), proc.stderr
