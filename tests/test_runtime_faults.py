@@ -115,3 +115,85 @@ def test_wrong_decoders_on_real_blazeface_are_one_line_start_errors(tmp_path, po
     import re
 
     assert re.search(message, proc.stderr), proc.stderr
+
+
+# --- exit codes -------------------------------------------------------------------------------------------------
+
+ALWAYS = [{"name": "always", "when": {"min_count": 0, "max_count": 100000}, "actions": ["alert"]}]
+
+
+def test_a_run_whose_every_source_failed_exits_non_zero(tmp_path, yolo_models):
+    from brokers import free_port
+
+    fast = {"max_retries": 2, "reconnect_initial_s": 0.05, "reconnect_max_s": 0.1}
+    cfg = yolo_config(tmp_path, yolo_models["yolov8"], {"type": "yolov8"})
+    cfg["sources"] = [{"type": "stream", "id": "cam-rtsp", "url": f"rtsp://127.0.0.1:{free_port()}/live",
+                       "open_timeout_s": 2, **fast},
+                      {"type": "camera", "id": "usb", "device": 57, **fast}]  # no such camera: retried 2 times
+    proc = edgepilot("run", str(write(tmp_path / "p.yaml", cfg)))
+    assert proc.returncode == 1, proc.stderr
+    line = next(ln for ln in proc.stderr.splitlines() if ln.startswith("error: "))
+    assert "every source failed" in line and "cam-rtsp: source cam-rtsp: no frames after 3 tries" in line \
+        and "usb: source usb: no frames after 3 tries" in line and "Traceback" not in proc.stderr
+
+
+def test_a_video_that_ends_early_as_damaged_exits_non_zero(tmp_path, yolo_models):
+    writer = cv2.VideoWriter(str(tmp_path / "whole.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10, (32, 24))
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        writer.write(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8))
+    writer.release()
+    data = (tmp_path / "whole.avi").read_bytes()
+    (tmp_path / "cut.avi").write_bytes(data[:len(data) // 2])  # the header still says 30 frames
+    cfg = yolo_config(tmp_path, yolo_models["yolov8"], {"type": "yolov8"})
+    cfg["sources"] = [{"type": "video", "id": "cut", "path": str(tmp_path / "cut.avi")}]
+    proc = edgepilot("run", str(write(tmp_path / "p.yaml", cfg)), "--json")
+    assert proc.returncode == 1, proc.stderr
+    assert "error: source cut: the file ended at frame 9 of 30 (damaged or truncated)" in proc.stderr
+    import json
+
+    assert json.loads(proc.stdout)["counters"]["completed"] == 9
+    cfg["sources"] = [{"type": "video", "id": "whole", "path": str(tmp_path / "whole.avi")}]
+    proc = edgepilot("run", str(write(tmp_path / "p.yaml", cfg)))
+    assert proc.returncode == 0 and "error:" not in proc.stderr, proc.stderr
+
+
+def test_events_left_undelivered_at_exit_are_counted_and_exit_non_zero(tmp_path, yolo_models):
+    from brokers import Mosquitto, Subscriber
+
+    broker = Mosquitto(tmp_path)  # not started yet: the broker is down
+    cfg = yolo_config(tmp_path, yolo_models["yolov8"], {"type": "yolov8"})
+    cfg["rules"] = ALWAYS
+    cfg["sinks"] = [{"type": "mqtt", "mqtt": {"host": "127.0.0.1", "port": broker.port}, "drain_s": 0.5,
+                     "outbox": str(tmp_path / "outbox.db")}]
+    config = write(tmp_path / "p.yaml", cfg)
+    proc = edgepilot("run", str(config))
+    assert proc.returncode == 1, proc.stderr
+    assert (f"error: 1 event message(s) not delivered: they wait in the MQTT outbox {tmp_path / 'outbox.db'} "
+            "and go out on the next run") in proc.stderr
+    broker.start()
+    try:
+        sub = Subscriber(broker.port, "edgepilot/#")
+        proc = edgepilot("run", str(config))  # the kept event goes out, and this run's copy has the same id
+        assert proc.returncode == 0, proc.stderr
+        got = sub.wait_for(lambda m: len(m) >= 1, timeout=10)
+        sub.close()
+        assert {(m["rule"], m["event_id"]) for _, m in got} == {("always", got[0][1]["event_id"])}
+    finally:
+        broker.stop()
+
+
+def test_the_stats_line_counts_every_skipped_image(tmp_path, yolo_models):
+    folder = images(tmp_path / "imgs", n=3)
+    whole = (folder / "000.png").read_bytes()
+    (folder / "003.png").write_bytes(whole[:len(whole) // 2])  # truncated
+    (folder / "004.png").write_bytes(b"")  # zero bytes
+    (folder / "005.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    cfg = yolo_config(tmp_path, yolo_models["yolov8"], {"type": "yolov8"})
+    proc = edgepilot("run", str(write(tmp_path / "p.yaml", cfg)), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert "| done 3 dropped 0 skipped 3 errors 0" in proc.stderr.strip().splitlines()[-1]
+    import json
+
+    summary = json.loads(proc.stdout)
+    assert summary["counters"]["skipped_input"] == 3 and summary["sources"]["imgs"]["skipped_input"] == 3

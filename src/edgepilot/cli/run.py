@@ -12,8 +12,9 @@ import typer
 def stats_line(s: dict) -> str:
     c = s["counters"]
     stages = " ".join(f"{k} {v['p50']:.1f}" for k, v in s["stages_ms"].items())
+    skipped = c.get("skipped_quality", 0) + c.get("skipped_input", 0)  # failed the checks, or unreadable
     return (f"{s['fps']:.1f} fps | done {c.get('completed', 0)} dropped {c.get('dropped', 0)} "
-            f"skipped {c.get('skipped_quality', 0)} errors {c.get('errors', 0)} events {c.get('events', 0)} | "
+            f"skipped {skipped} errors {c.get('errors', 0)} events {c.get('events', 0)} | "
             f"queue {s['queue_depth']} | p50 ms: {stages}")
 
 
@@ -48,3 +49,7 @@ def register(app: typer.Typer) -> None:
         sys.stderr.write(stats_line(summary) + "\n")
         if as_json:
             typer.echo(json.dumps(summary, indent=2, default=str))
+        for problem in summary["problems"]:
+            sys.stderr.write(f"error: {problem}\n")
+        if summary["problems"]:
+            raise typer.Exit(1)

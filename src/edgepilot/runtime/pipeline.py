@@ -114,6 +114,7 @@ class Pipeline:
         self._max_items: int | None = None
         self._submitted = 0
         self._submit_lock = threading.Lock()
+        self._source_failures: dict[str, str] = {}  # source id -> why it stopped before its end
         try:
             self._build()
         except BaseException:
@@ -186,7 +187,7 @@ class Pipeline:
                 if self._stop.wait(0.1):
                     break
                 if on_stats and time.monotonic() >= next_stats:
-                    on_stats(self.stats.snapshot())
+                    on_stats(self.snapshot())
                     next_stats += stats_interval_s
         finally:
             self._stop.set()
@@ -219,9 +220,11 @@ class Pipeline:
         except EdgepilotError as e:
             log.error("source %s stopped: %s", source.id, e)
             self.stats.count("source_errors", source.id)
-        except Exception:
+            self._source_failures[source.id] = str(e)
+        except Exception as e:
             log.exception("source %s failed", source.id)
             self.stats.count("source_errors", source.id)
+            self._source_failures[source.id] = f"{type(e).__name__}: {e}"
 
     def _take_one(self) -> bool:
         with self._submit_lock:
@@ -305,8 +308,19 @@ class Pipeline:
             self._log_handler.close()
             self._log_handler = None
 
-    def summary(self) -> dict:
+    def snapshot(self) -> dict:
+        """The statistics, with the inputs the sources skipped (unreadable files, malformed payloads) counted in
+        `skipped_input` beside the quality checks' `skipped_quality`."""
         snap = self.stats.snapshot()
+        for s in self.sources:
+            n = s.stats().get("skipped", 0)
+            if n:
+                snap["counters"]["skipped_input"] = snap["counters"].get("skipped_input", 0) + n
+                snap["sources"].setdefault(s.id, {})["skipped_input"] = n
+        return snap
+
+    def summary(self) -> dict:
+        snap = self.snapshot()
         snap["sources_detail"] = {s.id: s.stats() for s in self.sources}
         snap["quality"] = self.quality.stats()
         snap["rules"] = self.rules.stats()
@@ -315,4 +329,19 @@ class Pipeline:
         outbox = next((s.outbox for s in self.sinks if hasattr(s, "outbox")), None)
         if outbox is not None:
             snap["outbox"] = outbox.stats()
+        snap["problems"] = self.problems()
         return snap
+
+    def problems(self) -> list[str]:
+        """What makes a finished run a failure (`edgepilot run` exits non-zero): every source failed, a file ended
+        early as damaged, or events are left undelivered."""
+        out = []
+        if self.sources and len(self._source_failures) == len(self.sources):
+            out.append("every source failed: " + "; ".join(f"{k}: {v}" for k, v in self._source_failures.items()))
+        out += [f"source {s.id}: the file {s.stats()['ended_early']} (damaged or truncated)"
+                for s in self.sources if s.stats().get("ended_early")]
+        for sink in [*self.sinks, *self._routed_webhooks.values()]:
+            n, where = sink.undelivered() if hasattr(sink, "undelivered") else (0, "")
+            if n:
+                out.append(f"{n} event message(s) not delivered: they wait in {where} and go out on the next run")
+        return out

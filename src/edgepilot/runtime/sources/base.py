@@ -63,7 +63,7 @@ class Source(ABC):
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._seq = 0
-        self._stats: dict[str, Any] = {"items": 0, "skipped_malformed": 0, "read_errors": 0}
+        self._stats: dict[str, Any] = {"items": 0, "skipped": 0, "skipped_malformed": 0, "read_errors": 0}
         self._warned_at = 0.0
         self._suppressed = 0
 
@@ -93,9 +93,12 @@ class Source(ABC):
         return Item(source=self.id, seq=seq, ts=ts, live=self.live, frame=kw.pop("frame", None),
                     values=kw.pop("values", None), meta=kw)
 
-    def _skip(self, reason: str, counter: str = "skipped_malformed") -> None:
-        """Counts a skipped input and warns, at most once per few seconds so a flood cannot drown the log."""
+    def _skip(self, reason: str, counter: str = "skipped_malformed", *, an_input: bool = True) -> None:
+        """Counts a skipped input (in `counter` and in the total, `skipped`) and warns, at most once per few seconds
+        so a flood cannot drown the log. `an_input=False`: a failure that skipped no input (a folder listing)."""
         self._count(counter)
+        if an_input:
+            self._count("skipped")
         now = time.monotonic()
         with self._lock:
             if now - self._warned_at < _WARN_EVERY_S:

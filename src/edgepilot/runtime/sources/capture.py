@@ -41,6 +41,7 @@ class VideoSourceConfig(_SourceBase):
 class CameraSourceConfig(_Reconnect):
     type: Literal["camera"] = "camera"
     device: int | str = 0  # OpenCV index, or a device path such as /dev/video0
+    max_retries: int | None = Field(None, ge=0)  # consecutive failed opens/reads before giving up; None: forever
     width: int | None = Field(None, gt=0)
     height: int | None = Field(None, gt=0)
     fps: float | None = Field(None, gt=0)
@@ -112,6 +113,7 @@ class VideoSource(Source):
                     # FFmpeg cannot resync past a damaged tail: a failed read ends the file, early or not
                     if index < self.frame_count:
                         self._count("read_errors")
+                        self._set("ended_early", f"ended at frame {index} of {self.frame_count}")
                         log.warning("source %s: %s ended at frame %d of %d (truncated or damaged)", self.id,
                                     self.path, index, self.frame_count)
                     return yielded
@@ -128,13 +130,12 @@ class VideoSource(Source):
 
 
 class _CaptureSource(Source):
-    """A live OpenCV capture that reopens with exponential back-off whenever a read fails."""
-
-    max_retries: int | None = None
+    """A live OpenCV capture that reopens with exponential back-off whenever a read fails, `max_retries` times in a
+    row at most."""
 
     def __init__(self, id: str, cfg: CameraSourceConfig | StreamSourceConfig) -> None:
         super().__init__(id, live=True)
-        self.cfg = cfg
+        self.cfg, self.max_retries = cfg, cfg.max_retries
         self._stats.update(reconnects=0, connected=False)
 
     @abstractmethod
@@ -221,7 +222,6 @@ class StreamSource(_CaptureSource):
         self.url = cfg.url
         parts = urlsplit(_redact(cfg.url))
         super().__init__(cfg.id or f"stream:{parts.netloc}{parts.path}", cfg)
-        self.max_retries = cfg.max_retries
 
     def _open(self):
         cv2 = _cv2()

@@ -39,7 +39,7 @@ class FolderSource(Source):
         try:
             entries = list(os.scandir(self.path))
         except OSError as e:
-            self._skip(f"cannot list {self.path}: {e.strerror}", "read_errors")
+            self._skip(f"cannot list {self.path}: {e.strerror}", "read_errors", an_input=False)
             return []
         for e in entries:
             name = e.name
