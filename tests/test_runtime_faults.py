@@ -197,3 +197,30 @@ def test_the_stats_line_counts_every_skipped_image(tmp_path, yolo_models):
 
     summary = json.loads(proc.stdout)
     assert summary["counters"]["skipped_input"] == 3 and summary["sources"]["imgs"]["skipped_input"] == 3
+
+
+# --- run --check ------------------------------------------------------------------------------------------------
+
+def test_run_check_loads_the_model_checks_the_decoder_and_opens_every_source(tmp_path, yolo_models):
+    from brokers import free_port
+
+    good = yolo_config(tmp_path, yolo_models["yolov8"], {"type": "yolov8", "labels": ["a", "b", "c"]})
+    proc = edgepilot("run", str(write(tmp_path / "ok.yaml", good)), "--check")
+    assert proc.returncode == 0, proc.stderr
+    assert "valid (model yolov8.onnx on" in proc.stdout and "fits postprocess yolov8; 1 source(s) opened" in proc.stdout
+    assert not (tmp_path / "out.jsonl").exists()  # nothing ran, no sink was opened
+
+    bad = {"missing model": ({"model": {"path": str(tmp_path / "none.onnx")}}, 2, "none.onnx"),
+           "missing video": ({"sources": [{"type": "video", "path": str(tmp_path / "none.mp4")}]}, 2,
+                             "video file not found"),
+           "wrong decoder": ({"postprocess": {"type": "yolov5"}}, 2, "should be scores in [0, 1]"),
+           "closed stream": ({"sources": [{"type": "stream", "url": f"rtsp://127.0.0.1:{free_port()}/x",
+                                           "open_timeout_s": 2}]}, 3, "cannot open it"),
+           "no broker": ({"sources": [{"type": "mqtt", "topic": "t",
+                                       "mqtt": {"host": "127.0.0.1", "port": free_port()}}]}, 3,
+                         "cannot reach the MQTT broker")}
+    for case, (change, code, message) in bad.items():
+        proc = edgepilot("run", str(write(tmp_path / "bad.yaml", {**good, **change})), "--check")
+        assert proc.returncode == code and "valid" not in proc.stdout, (case, proc.stderr)
+        errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]  # FFmpeg may chatter too
+        assert len(errors) == 1 and message in errors[0] and "Traceback" not in proc.stderr, (case, proc.stderr)

@@ -27,7 +27,8 @@ def register(app: typer.Typer) -> None:
             stats_interval: float = typer.Option(5.0, min=0.5, help="Seconds between statistics lines on stderr."),
             shape: list[str] = typer.Option([], help="Shape of a dynamic input: NAME=1x3x640x640 (repeatable or "
                                             "comma-separated); overrides model.input_shapes."),
-            check: bool = typer.Option(False, "--check", help="Validate the file and exit."),
+            check: bool = typer.Option(False, "--check", help="Load the model, check the decoder on its outputs and "
+                                       "open every source once, then exit without running."),
             as_json: bool = typer.Option(False, "--json", help="Print the final summary as JSON on stdout.")) -> None:
         """Run a pipeline until its sources end (files), --duration passes, or Ctrl-C / SIGTERM."""
         from edgepilot.runtime.pipeline import Pipeline, load_pipeline_config
@@ -38,8 +39,7 @@ def register(app: typer.Typer) -> None:
         if shapes:
             cfg.model.input_shapes = {k: list(v) for k, v in shapes.items()}
         if check:
-            typer.echo(f"{config}: valid ({len(cfg.sources)} source(s), {len(cfg.rules)} rule(s), "
-                       f"{len(cfg.sinks)} sink(s))")
+            typer.echo(f"{config}: valid ({Pipeline.check(cfg)})")
             return
         pipeline = Pipeline(cfg)
         for sig in (signal.SIGINT, signal.SIGTERM):  # finish what is in flight, flush sinks, then exit

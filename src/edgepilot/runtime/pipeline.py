@@ -105,10 +105,12 @@ def _fed_shape(pre: Preprocessor, spec: TensorSpec) -> tuple[int, ...]:
 
 
 class Pipeline:
-    def __init__(self, cfg: PipelineConfig) -> None:
+    def __init__(self, cfg: PipelineConfig, *, check_only: bool = False) -> None:
+        """Loads the model, checks its outputs against the decoder and opens the sources and sinks; `check_only`
+        (see `check`) opens every source once instead and no sink."""
         self.cfg = cfg
         self.stats = PipelineStats()
-        self._log_handler = add_json_log(cfg.logging) if cfg.logging else None
+        self._log_handler = add_json_log(cfg.logging) if cfg.logging and not check_only else None
         self._stop = threading.Event()
         self._out: queue.Queue[Item | None] = queue.Queue(maxsize=cfg.scheduler.queue_size * 2)
         self._max_items: int | None = None
@@ -116,12 +118,22 @@ class Pipeline:
         self._submit_lock = threading.Lock()
         self._source_failures: dict[str, str] = {}  # source id -> why it stopped before its end
         try:
-            self._build()
+            self._build(check_only)
         except BaseException:
             self._close_all()
             raise
 
-    def _build(self) -> None:
+    @classmethod
+    def check(cls, cfg: PipelineConfig) -> str:
+        """What `edgepilot run --check` does: load the model, check the decoder on its outputs and open every
+        source once, without running; raises what a run would fail to start with, else returns a summary."""
+        p = cls(cfg, check_only=True)
+        p._close_all()
+        return (f"model {Path(cfg.model.path).name} on {p.sessions[0].__class__.__name__} fits postprocess "
+                f"{cfg.postprocess.type}; {len(p.sources)} source(s) opened, {len(cfg.rules)} rule(s), "
+                f"{len(cfg.sinks)} sink(s)")
+
+    def _build(self, check_only: bool) -> None:
         cfg = self.cfg
         self.sources, self.sinks = [], []
         self.model = load_model(cfg.model)
@@ -136,29 +148,37 @@ class Pipeline:
         ids = [s.id for s in self.sources]
         if len(set(ids)) != len(ids):
             raise ConfigError(f"sources need distinct ids: {ids}")
+        self.server, self._routed_webhooks = None, {}
+        workers = self.plan.workers
+        if check_only:
+            for source in self.sources:
+                source.probe()
+            workers = 1
+        else:
+            self._open_sinks()
+        spec = self.model.inputs[0]
+        self.sessions, self.load_s, probe = open_sessions(self.model, cfg.model, workers, self.plan.model_threads,
+                                                          {spec.name: _fed_shape(self.preprocess, spec)})
+        self.postprocess.check({k: v[0] for k, v in probe.items()})  # a wrong decoder would publish garbage
+        self.scheduler = Scheduler(self.sessions, cfg.scheduler, self.stats, emit=self._out.put)
+        log.info("pipeline %s: %s on %s, %d worker(s) x %d thread(s), %d source(s), loaded in %.2f s", cfg.name,
+                 Path(cfg.model.path).name, self.sessions[0].__class__.__name__, workers,
+                 self.plan.model_threads, len(self.sources), self.load_s)
+
+    def _open_sinks(self) -> None:
+        cfg = self.cfg
         workdir = Path(cfg.workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         by_id = {s.id: s for s in self.sources}
         for s in cfg.sinks:
             self.sinks.append(open_sink(s, pipeline=cfg.name, workdir=workdir,
                                         fps_of=lambda sid: getattr(by_id.get(sid), "fps", None)))
-        self.server = None
         if cfg.server is not None:  # imported here: a pipeline without a server needs no web framework
             from edgepilot.serve.app import pipeline_server
 
             self.server, stream = pipeline_server(cfg.server.host, cfg.server.port, cfg.server.models, self.stats)
             self.sinks.append(stream)
-        self._routed_webhooks: dict[str, WebhookSink] = {}
         self._workdir = workdir
-        spec = self.model.inputs[0]
-        self.sessions, self.load_s, probe = open_sessions(self.model, cfg.model, self.plan.workers,
-                                                          self.plan.model_threads,
-                                                          {spec.name: _fed_shape(self.preprocess, spec)})
-        self.postprocess.check({k: v[0] for k, v in probe.items()})  # a wrong decoder would publish garbage
-        self.scheduler = Scheduler(self.sessions, cfg.scheduler, self.stats, emit=self._out.put)
-        log.info("pipeline %s: %s on %s, %d worker(s) x %d thread(s), %d source(s), loaded in %.2f s", cfg.name,
-                 Path(cfg.model.path).name, self.sessions[0].__class__.__name__, self.plan.workers,
-                 self.plan.model_threads, len(self.sources), self.load_s)
 
     # -- running ---------------------------------------------------------------------------------------------
     def run(self, *, duration: float | None = None, max_items: int | None = None,

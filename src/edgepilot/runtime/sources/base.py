@@ -70,6 +70,11 @@ class Source(ABC):
     @abstractmethod
     def __iter__(self) -> Iterator[Item]: ...
 
+    def probe(self) -> None:
+        """`run --check`: reach the input once, raising what a run would meet. Files are checked when a source is
+        made, so only live sources add to this."""
+        return None
+
     def stop(self) -> None:
         """Ends the iteration within about 0.2 s, from any thread, even while a read blocks."""
         self._stop.set()

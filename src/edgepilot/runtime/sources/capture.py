@@ -141,6 +141,18 @@ class _CaptureSource(Source):
     @abstractmethod
     def _open(self): ...  # an opened cv2.VideoCapture, or None
 
+    def probe(self) -> None:
+        cap = self._open()
+        if cap is None:
+            raise UnavailableError(f"source {self.id}: cannot open it",
+                                   hint="check that the device or server is reachable and sends video")
+        try:
+            if not cap.read()[0]:
+                raise UnavailableError(f"source {self.id}: opened, but no frame came",
+                                       hint="check that the device or server sends video")
+        finally:
+            cap.release()
+
     def __iter__(self) -> Iterator[Item]:
         return self._via_thread(self._frames)
 
