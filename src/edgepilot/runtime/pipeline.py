@@ -364,4 +364,8 @@ class Pipeline:
             n, where = sink.undelivered() if hasattr(sink, "undelivered") else (0, "")
             if n:
                 out.append(f"{n} event message(s) not delivered: they wait in {where} and go out on the next run")
+            ob = getattr(sink, "outbox", None)
+            if ob is not None and ob.stats()["replaced"]:
+                out.append(f"the MQTT outbox {ob.path} was deleted or replaced while running: "
+                           f"{ob.stats()['lost']} pending message(s) lost with it")
         return out
