@@ -279,3 +279,38 @@ def sqlite_rows(path: Path) -> list[str]:
 
     with sqlite3.connect(path) as db:
         return [r[0] for r in db.execute("SELECT event_id FROM outbox ORDER BY id")]
+
+
+# --- resume -----------------------------------------------------------------------------------------------------
+
+def test_file_sources_with_resume_start_after_what_the_last_run_delivered(tmp_path, yolo_models):
+    import json
+
+    writer = cv2.VideoWriter(str(tmp_path / "v.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10, (32, 24))
+    for i in range(10):
+        writer.write(np.full((24, 32, 3), 20 * i, np.uint8))
+    writer.release()
+    cfg = yolo_config(tmp_path, yolo_models["yolov8"], {"type": "yolov8"})
+    cfg["sources"] = [{"type": "folder", "id": "imgs", "path": str(images(tmp_path / "imgs", n=6)), "resume": True},
+                      {"type": "video", "id": "vid", "path": str(tmp_path / "v.avi"), "resume": True}]
+    cfg["workdir"] = str(tmp_path / "state")
+    out = tmp_path / "out.jsonl"
+    config = write(tmp_path / "p.yaml", cfg)
+
+    def delivered() -> dict[str, list]:
+        rows = [json.loads(ln) for ln in out.read_text().splitlines()]
+        out.unlink()
+        return {"imgs": [Path(r["meta"]["path"]).name for r in rows if r["source"] == "imgs"],
+                "vid": [r["meta"]["frame_index"] for r in rows if r["source"] == "vid"]}
+
+    assert edgepilot("run", str(config), "--max-items", "7").returncode == 0
+    first = delivered()
+    assert len(first["imgs"]) + len(first["vid"]) == 7
+    assert edgepilot("run", str(config)).returncode == 0  # "restart": each source goes on after its last item
+    second = delivered()
+    assert first["imgs"] + second["imgs"] == [f"{i:03d}.png" for i in range(6)]
+    assert first["vid"] + second["vid"] == list(range(10))
+    assert edgepilot("run", str(config)).returncode == 0 and delivered() == {"imgs": [], "vid": []}
+    (tmp_path / "v.avi").touch()  # a changed file starts over
+    os.utime(tmp_path / "v.avi", ns=(1, 1))
+    assert edgepilot("run", str(config)).returncode == 0 and delivered()["vid"] == list(range(10))

@@ -21,6 +21,7 @@ from edgepilot.model import TensorSpec
 from edgepilot.runtime.item import Item
 from edgepilot.runtime.loader import ModelConfig, load_model, open_sessions
 from edgepilot.runtime.logs import LogConfig, add_json_log
+from edgepilot.runtime.positions import Positions
 from edgepilot.runtime.postprocess import PostprocessConfig, build_postprocessor
 from edgepilot.runtime.quality import QualityChecker, QualityConfig
 from edgepilot.runtime.rules import RuleConfig, RuleEngine
@@ -148,7 +149,14 @@ class Pipeline:
         ids = [s.id for s in self.sources]
         if len(set(ids)) != len(ids):
             raise ConfigError(f"sources need distinct ids: {ids}")
+        self._by_id = {s.id: s for s in self.sources}
         self.server, self._routed_webhooks = None, {}
+        self.positions = None
+        if any(getattr(s, "resume", False) for s in cfg.sources) and not check_only:
+            self.positions = Positions(Path(cfg.workdir) / f"{cfg.name}.positions.json")
+            for source in self.sources:
+                if (at := self.positions.get(source.id)) is not None:
+                    source.resume_after(at)
         workers = self.plan.workers
         if check_only:
             for source in self.sources:
@@ -303,6 +311,8 @@ class Pipeline:
                 self.stats.count(f"sink_errors.{sink.name}")
                 log.warning("sink %s failed on %s #%d: %s", sink.name, item.source, item.seq, e)
         self.stats.stage("sinks", time.perf_counter() - t0)
+        if self.positions is not None and (at := self._by_id[item.source].position(item)) is not None:
+            self.positions.record(item.source, at)  # after the sinks: a restart resumes after what they took
         self.stats.completed()
 
     def _webhooks_for(self, item: Item) -> list[WebhookSink]:

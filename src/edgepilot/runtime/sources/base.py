@@ -75,6 +75,14 @@ class Source(ABC):
         made, so only live sources add to this."""
         return None
 
+    def position(self, item: Item) -> dict[str, Any] | None:
+        """Where `item` is in the input, for `resume: true`; None for sources that cannot resume."""
+        return None
+
+    def resume_after(self, position: dict[str, Any]) -> None:
+        """Start after `position` (what `position()` returned for the last item a previous run delivered)."""
+        return None
+
     def stop(self) -> None:
         """Ends the iteration within about 0.2 s, from any thread, even while a read blocks."""
         self._stop.set()
