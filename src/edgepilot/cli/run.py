@@ -12,8 +12,9 @@ import typer
 def stats_line(s: dict) -> str:
     c = s["counters"]
     stages = " ".join(f"{k} {v['p50']:.1f}" for k, v in s["stages_ms"].items())
+    skipped = c.get("skipped_quality", 0) + c.get("skipped_input", 0)  # failed the checks, or unreadable
     return (f"{s['fps']:.1f} fps | done {c.get('completed', 0)} dropped {c.get('dropped', 0)} "
-            f"skipped {c.get('skipped_quality', 0)} errors {c.get('errors', 0)} events {c.get('events', 0)} | "
+            f"skipped {skipped} errors {c.get('errors', 0)} events {c.get('events', 0)} | "
             f"queue {s['queue_depth']} | p50 ms: {stages}")
 
 
@@ -26,7 +27,8 @@ def register(app: typer.Typer) -> None:
             stats_interval: float = typer.Option(5.0, min=0.5, help="Seconds between statistics lines on stderr."),
             shape: list[str] = typer.Option([], help="Shape of a dynamic input: NAME=1x3x640x640 (repeatable or "
                                             "comma-separated); overrides model.input_shapes."),
-            check: bool = typer.Option(False, "--check", help="Validate the file and exit."),
+            check: bool = typer.Option(False, "--check", help="Load the model, check the decoder on its outputs and "
+                                       "open every source once, then exit without running."),
             as_json: bool = typer.Option(False, "--json", help="Print the final summary as JSON on stdout.")) -> None:
         """Run a pipeline until its sources end (files), --duration passes, or Ctrl-C / SIGTERM."""
         from edgepilot.runtime.pipeline import Pipeline, load_pipeline_config
@@ -37,8 +39,7 @@ def register(app: typer.Typer) -> None:
         if shapes:
             cfg.model.input_shapes = {k: list(v) for k, v in shapes.items()}
         if check:
-            typer.echo(f"{config}: valid ({len(cfg.sources)} source(s), {len(cfg.rules)} rule(s), "
-                       f"{len(cfg.sinks)} sink(s))")
+            typer.echo(f"{config}: valid ({Pipeline.check(cfg)})")
             return
         pipeline = Pipeline(cfg)
         for sig in (signal.SIGINT, signal.SIGTERM):  # finish what is in flight, flush sinks, then exit
@@ -48,3 +49,7 @@ def register(app: typer.Typer) -> None:
         sys.stderr.write(stats_line(summary) + "\n")
         if as_json:
             typer.echo(json.dumps(summary, indent=2, default=str))
+        for problem in summary["problems"]:
+            sys.stderr.write(f"error: {problem}\n")
+        if summary["problems"]:
+            raise typer.Exit(1)

@@ -9,6 +9,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from edgepilot.engines import engine_for, open_session
@@ -50,9 +51,10 @@ def load_model(cfg: ModelConfig) -> Model:
 
 
 def open_sessions(model: Model, cfg: ModelConfig, workers: int, threads: int,
-                  warmup_shapes: dict[str, tuple[int, ...]] | None = None) -> tuple[list[Session], float]:
-    """`workers` sessions, each warmed up at `warmup_shapes` (what the pipeline feeds); returns them and the
-    seconds it took."""
+                  warmup_shapes: dict[str, tuple[int, ...]] | None = None
+                  ) -> tuple[list[Session], float, dict[str, np.ndarray]]:
+    """`workers` sessions, each warmed up at `warmup_shapes` (what the pipeline feeds); returns them, the seconds it
+    took, and the outputs of one more call (batch axis kept), which the pipeline checks against its decoder."""
     t0 = time.perf_counter()
     engine = engine_for(model, cfg.engine)
     cache = None
@@ -63,12 +65,12 @@ def open_sessions(model: Model, cfg: ModelConfig, workers: int, threads: int,
     sessions = [open_session(model, engine.name, threads=threads, device=cfg.device, precision=cfg.precision,
                              cache_dir=cache)
                 for _ in range(workers)]
-    if cfg.warmup:
-        feeds = synthetic_feeds(sessions[0].inputs, shapes=shapes_for(sessions[0].inputs, warmup_shapes or {}))
-        for s in sessions:
-            for _ in range(cfg.warmup):
-                s.run(feeds)
-    return sessions, time.perf_counter() - t0
+    feeds = synthetic_feeds(sessions[0].inputs, shapes=shapes_for(sessions[0].inputs, warmup_shapes or {}))
+    for s in sessions:
+        for _ in range(cfg.warmup):
+            s.run(feeds)
+    probe = sessions[0].run(feeds)
+    return sessions, time.perf_counter() - t0, probe
 
 
 def _tensorrt_plan(model: Model, cache: Path) -> Model:

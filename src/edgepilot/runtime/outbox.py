@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -61,6 +62,10 @@ class Outbox:
     silent drop: the caller sees it and decides). `max_bytes` caps the database size - the outbox cannot fill the
     SD card - and a put past it fails like a full disk does: RuntimeFailure, every earlier message kept.
     One process at a time may open a file (a lock file next to it enforces this).
+
+    A file deleted or replaced while open (its inode or device changed) is noticed at the next put and within a
+    second by the publisher: the outbox recreates it, logs an error saying how many pending messages were lost with
+    the old file, and counts them in `stats()["lost"]`.
     """
 
     def __init__(self, path: str | Path, mqtt: MqttConfig, *, qos: int = 1, max_pending: int | None = None,
@@ -74,17 +79,19 @@ class Outbox:
             raise InputError(f"max_inflight must be at least 1, not {max_inflight}")
         self.path = Path(path)
         self.mqtt, self.qos, self.max_pending = mqtt, qos, max_pending
-        self.max_inflight = max_inflight
+        self.max_inflight, self._max_bytes = max_inflight, max_bytes
         self._client = make_client(mqtt, "outbox")  # first: it raises if paho is missing, before anything is held
         self._lockfile = self._lock_file()
         try:
             self._db = self._open(synchronous="FULL", max_bytes=max_bytes, create=True)  # put's connection
             self._pub_db = self._open(synchronous="NORMAL", max_bytes=max_bytes, create=False)  # the publisher's
             self._pending = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+            self._identity = self._file_identity()
         except BaseException:
             self._release_lock()
             raise
-        self._wlock = threading.Lock()  # serialises puts on their connection
+        self._wlock = threading.Lock()  # serialises puts on their connection (and a recreation of the file)
+        self._step_lock = threading.Lock()  # held by the publisher while it uses its connection
         self._cond = threading.Condition()  # guards everything below; the publisher sleeps on it
         self._dirty = True
         self._stopping = False
@@ -96,6 +103,7 @@ class Outbox:
         self._retry_delete_at = 0.0
         self._last_sent = 0  # highest row id handed to paho; rows above it have not been sent by this process
         self._accepted = self._delivered = self._reconnects = self._connect_failures = self._dead = 0
+        self._lost = self._replaced = 0  # messages lost with a deleted or replaced file, and how often it happened
         self._fails_in_row = 0
         self._last_error: str | None = None
         if self._pending:
@@ -174,6 +182,42 @@ class Outbox:
             raise RuntimeFailure(f"the MQTT outbox {self.path} is corrupt: {e}", corrupt) from e
         return db
 
+    def _file_identity(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def _recover_if_replaced(self) -> None:
+        """Recreates the file when it is no longer the one opened (deleted, or another file in its place), and says
+        loudly how many pending messages went with it. The caller holds _wlock."""
+        now = self._file_identity()
+        if now == self._identity:
+            return
+        with self._step_lock:  # the publisher is between steps
+            with self._cond:
+                lost = self._pending - len(self._window)  # those handed to paho may still go out
+            for db in (self._db, self._pub_db):
+                try:
+                    db.close()
+                except sqlite3.Error:
+                    pass
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = self._open(synchronous="FULL", max_bytes=self._max_bytes, create=True)
+            self._pub_db = self._open(synchronous="NORMAL", max_bytes=self._max_bytes, create=False)
+            self._identity = self._file_identity()
+            pending = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+            what = "was deleted" if now is None else "was replaced by another file"
+            with self._cond:
+                self._window, self._acked, self._undeleted, self._last_sent = [], set(), [], 0
+                self._pending, self._lost, self._replaced = pending, self._lost + lost, self._replaced + 1
+                self._last_error = f"the outbox file {what} while open: {lost} pending message(s) lost"
+                self._dirty = True
+                self._cond.notify_all()
+        log.error("outbox %s %s while edgepilot had it open: %d pending message(s) were lost with it; using a new "
+                  "file%s", self.path, what, lost, f" ({pending} message(s) found in it)" if pending else "")
+
     # ---- the producer side ---------------------------------------------------------------------------------
 
     def put(self, topic: str, payload: bytes | str, event_id: str | None = None) -> str:
@@ -196,6 +240,7 @@ class Outbox:
                          "max_pending; every message accepted earlier is kept and will be delivered")
             if self._db is None:
                 raise RuntimeFailure(f"MQTT outbox {self.path} is closed")
+            self._recover_if_replaced()
             now = time.time()
             try:
                 self._db.execute("BEGIN IMMEDIATE")
@@ -238,7 +283,7 @@ class Outbox:
             return {"accepted": self._accepted, "delivered": self._delivered, "pending": self._pending,
                     "in_flight": len(self._window), "connected": self._connected, "reconnects": self._reconnects,
                     "connect_failures": self._connect_failures, "dead_letters": self._dead,
-                    "last_error": self._last_error}
+                    "lost": self._lost, "replaced": self._replaced, "last_error": self._last_error}
 
     def close(self, timeout: float = 5.0) -> None:
         """Stops delivery; messages not yet acknowledged stay in the file and go out when it is opened again."""
@@ -323,7 +368,10 @@ class Outbox:
                 if self._stopping:
                     break
             try:
-                busy = self._step()
+                with self._wlock:
+                    self._recover_if_replaced()
+                with self._step_lock:
+                    busy = self._step()
                 backoff = 0.5
             except Exception as e:  # the publisher must outlive any one bad moment
                 with self._cond:
@@ -338,7 +386,8 @@ class Outbox:
                     self._cond.wait(0.5)
                 self._dirty = False
         try:  # record what was acknowledged while stopping, so it is not sent again next time
-            self._step(send=False)
+            with self._step_lock:
+                self._step(send=False)
         except Exception as e:
             log.debug("outbox final step: %s", e)
 

@@ -21,6 +21,7 @@ from edgepilot.model import TensorSpec
 from edgepilot.runtime.item import Item
 from edgepilot.runtime.loader import ModelConfig, load_model, open_sessions
 from edgepilot.runtime.logs import LogConfig, add_json_log
+from edgepilot.runtime.positions import Positions
 from edgepilot.runtime.postprocess import PostprocessConfig, build_postprocessor
 from edgepilot.runtime.quality import QualityChecker, QualityConfig
 from edgepilot.runtime.rules import RuleConfig, RuleEngine
@@ -105,22 +106,35 @@ def _fed_shape(pre: Preprocessor, spec: TensorSpec) -> tuple[int, ...]:
 
 
 class Pipeline:
-    def __init__(self, cfg: PipelineConfig) -> None:
+    def __init__(self, cfg: PipelineConfig, *, check_only: bool = False) -> None:
+        """Loads the model, checks its outputs against the decoder and opens the sources and sinks; `check_only`
+        (see `check`) opens every source once instead and no sink."""
         self.cfg = cfg
         self.stats = PipelineStats()
-        self._log_handler = add_json_log(cfg.logging) if cfg.logging else None
+        self._log_handler = add_json_log(cfg.logging) if cfg.logging and not check_only else None
         self._stop = threading.Event()
         self._out: queue.Queue[Item | None] = queue.Queue(maxsize=cfg.scheduler.queue_size * 2)
         self._max_items: int | None = None
         self._submitted = 0
         self._submit_lock = threading.Lock()
+        self._source_failures: dict[str, str] = {}  # source id -> why it stopped before its end
         try:
-            self._build()
+            self._build(check_only)
         except BaseException:
             self._close_all()
             raise
 
-    def _build(self) -> None:
+    @classmethod
+    def check(cls, cfg: PipelineConfig) -> str:
+        """What `edgepilot run --check` does: load the model, check the decoder on its outputs and open every
+        source once, without running; raises what a run would fail to start with, else returns a summary."""
+        p = cls(cfg, check_only=True)
+        p._close_all()
+        return (f"model {Path(cfg.model.path).name} on {p.sessions[0].__class__.__name__} fits postprocess "
+                f"{cfg.postprocess.type}; {len(p.sources)} source(s) opened, {len(cfg.rules)} rule(s), "
+                f"{len(cfg.sinks)} sink(s)")
+
+    def _build(self, check_only: bool) -> None:
         cfg = self.cfg
         self.sources, self.sinks = [], []
         self.model = load_model(cfg.model)
@@ -135,27 +149,44 @@ class Pipeline:
         ids = [s.id for s in self.sources]
         if len(set(ids)) != len(ids):
             raise ConfigError(f"sources need distinct ids: {ids}")
+        self._by_id = {s.id: s for s in self.sources}
+        self.server, self._routed_webhooks = None, {}
+        self.positions = None
+        if any(getattr(s, "resume", False) for s in cfg.sources) and not check_only:
+            self.positions = Positions(Path(cfg.workdir) / f"{cfg.name}.positions.json")
+            for source in self.sources:
+                if (at := self.positions.get(source.id)) is not None:
+                    source.resume_after(at)
+        workers = self.plan.workers
+        if check_only:
+            for source in self.sources:
+                source.probe()
+            workers = 1
+        else:
+            self._open_sinks()
+        spec = self.model.inputs[0]
+        self.sessions, self.load_s, probe = open_sessions(self.model, cfg.model, workers, self.plan.model_threads,
+                                                          {spec.name: _fed_shape(self.preprocess, spec)})
+        self.postprocess.check({k: v[0] for k, v in probe.items()})  # a wrong decoder would publish garbage
+        self.scheduler = Scheduler(self.sessions, cfg.scheduler, self.stats, emit=self._out.put)
+        log.info("pipeline %s: %s on %s, %d worker(s) x %d thread(s), %d source(s), loaded in %.2f s", cfg.name,
+                 Path(cfg.model.path).name, self.sessions[0].__class__.__name__, workers,
+                 self.plan.model_threads, len(self.sources), self.load_s)
+
+    def _open_sinks(self) -> None:
+        cfg = self.cfg
         workdir = Path(cfg.workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         by_id = {s.id: s for s in self.sources}
         for s in cfg.sinks:
             self.sinks.append(open_sink(s, pipeline=cfg.name, workdir=workdir,
                                         fps_of=lambda sid: getattr(by_id.get(sid), "fps", None)))
-        self.server = None
         if cfg.server is not None:  # imported here: a pipeline without a server needs no web framework
             from edgepilot.serve.app import pipeline_server
 
             self.server, stream = pipeline_server(cfg.server.host, cfg.server.port, cfg.server.models, self.stats)
             self.sinks.append(stream)
-        self._routed_webhooks: dict[str, WebhookSink] = {}
         self._workdir = workdir
-        spec = self.model.inputs[0]
-        self.sessions, self.load_s = open_sessions(self.model, cfg.model, self.plan.workers, self.plan.model_threads,
-                                                   {spec.name: _fed_shape(self.preprocess, spec)})
-        self.scheduler = Scheduler(self.sessions, cfg.scheduler, self.stats, emit=self._out.put)
-        log.info("pipeline %s: %s on %s, %d worker(s) x %d thread(s), %d source(s), loaded in %.2f s", cfg.name,
-                 Path(cfg.model.path).name, self.sessions[0].__class__.__name__, self.plan.workers,
-                 self.plan.model_threads, len(self.sources), self.load_s)
 
     # -- running ---------------------------------------------------------------------------------------------
     def run(self, *, duration: float | None = None, max_items: int | None = None,
@@ -184,7 +215,7 @@ class Pipeline:
                 if self._stop.wait(0.1):
                     break
                 if on_stats and time.monotonic() >= next_stats:
-                    on_stats(self.stats.snapshot())
+                    on_stats(self.snapshot())
                     next_stats += stats_interval_s
         finally:
             self._stop.set()
@@ -217,9 +248,11 @@ class Pipeline:
         except EdgepilotError as e:
             log.error("source %s stopped: %s", source.id, e)
             self.stats.count("source_errors", source.id)
-        except Exception:
+            self._source_failures[source.id] = str(e)
+        except Exception as e:
             log.exception("source %s failed", source.id)
             self.stats.count("source_errors", source.id)
+            self._source_failures[source.id] = f"{type(e).__name__}: {e}"
 
     def _take_one(self) -> bool:
         with self._submit_lock:
@@ -278,6 +311,8 @@ class Pipeline:
                 self.stats.count(f"sink_errors.{sink.name}")
                 log.warning("sink %s failed on %s #%d: %s", sink.name, item.source, item.seq, e)
         self.stats.stage("sinks", time.perf_counter() - t0)
+        if self.positions is not None and (at := self._by_id[item.source].position(item)) is not None:
+            self.positions.record(item.source, at)  # after the sinks: a restart resumes after what they took
         self.stats.completed()
 
     def _webhooks_for(self, item: Item) -> list[WebhookSink]:
@@ -303,8 +338,19 @@ class Pipeline:
             self._log_handler.close()
             self._log_handler = None
 
-    def summary(self) -> dict:
+    def snapshot(self) -> dict:
+        """The statistics, with the inputs the sources skipped (unreadable files, malformed payloads) counted in
+        `skipped_input` beside the quality checks' `skipped_quality`."""
         snap = self.stats.snapshot()
+        for s in self.sources:
+            n = s.stats().get("skipped", 0)
+            if n:
+                snap["counters"]["skipped_input"] = snap["counters"].get("skipped_input", 0) + n
+                snap["sources"].setdefault(s.id, {})["skipped_input"] = n
+        return snap
+
+    def summary(self) -> dict:
+        snap = self.snapshot()
         snap["sources_detail"] = {s.id: s.stats() for s in self.sources}
         snap["quality"] = self.quality.stats()
         snap["rules"] = self.rules.stats()
@@ -313,4 +359,23 @@ class Pipeline:
         outbox = next((s.outbox for s in self.sinks if hasattr(s, "outbox")), None)
         if outbox is not None:
             snap["outbox"] = outbox.stats()
+        snap["problems"] = self.problems()
         return snap
+
+    def problems(self) -> list[str]:
+        """What makes a finished run a failure (`edgepilot run` exits non-zero): every source failed, a file ended
+        early as damaged, or events are left undelivered."""
+        out = []
+        if self.sources and len(self._source_failures) == len(self.sources):
+            out.append("every source failed: " + "; ".join(f"{k}: {v}" for k, v in self._source_failures.items()))
+        out += [f"source {s.id}: the file {s.stats()['ended_early']} (damaged or truncated)"
+                for s in self.sources if s.stats().get("ended_early")]
+        for sink in [*self.sinks, *self._routed_webhooks.values()]:
+            n, where = sink.undelivered() if hasattr(sink, "undelivered") else (0, "")
+            if n:
+                out.append(f"{n} event message(s) not delivered: they wait in {where} and go out on the next run")
+            ob = getattr(sink, "outbox", None)
+            if ob is not None and ob.stats()["replaced"]:
+                out.append(f"the MQTT outbox {ob.path} was deleted or replaced while running: "
+                           f"{ob.stats()['lost']} pending message(s) lost with it")
+        return out

@@ -121,6 +121,10 @@ def weighted_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, ma
     return np.asarray(heads, np.int64), np.asarray(out_boxes).reshape(-1, 4), kps
 
 
+_SCORE_SLACK = 1e-3  # fp16 and int8 outputs round a little past 0 and 1
+_WRONG_TYPE = "check that postprocess.type (and postprocess.output) match the model's head"
+
+
 def _describe(outputs: list[TensorSpec]) -> str:
     return ", ".join(f"{o.name} {o.shape_str()}" for o in outputs) or "no outputs"
 
@@ -158,6 +162,26 @@ class _Decoder(ABC):
     @abstractmethod
     def decode(self, outputs: dict[str, np.ndarray], transform: FrameTransform | None) -> Result:
         """This item's outputs (no batch axis) to a Result, boxes in frame pixels when `transform` is given."""
+
+    def check(self, outputs: dict[str, np.ndarray]) -> None:
+        """Raises ConfigError when real outputs (no batch axis) are not what this decoder reads: run once at start,
+        so a wrong decoder is refused instead of publishing garbage. The decoders add their own checks."""
+        try:
+            self.decode(outputs, None)
+        except MalformedOutput as e:
+            raise ConfigError(f"postprocess {self.cfg.type}: {e}", hint=_WRONG_TYPE) from None
+
+    def check_labels(self, classes: int, where: str) -> None:
+        if self.labels is not None and len(self.labels) != classes:
+            raise ConfigError(f"postprocess {self.cfg.type}: {where} holds {classes} class(es) but "
+                              f"{len(self.labels)} label(s) are given", hint=f"give one label per class; {_WRONG_TYPE}")
+
+    def check_scores(self, scores: np.ndarray, where: str, hint: str = _WRONG_TYPE) -> None:
+        """Scores after the decoder's activation must be probabilities."""
+        lo, hi = (float(scores.min()), float(scores.max())) if scores.size else (0.0, 0.0)
+        if lo < -_SCORE_SLACK or hi > 1 + _SCORE_SLACK:
+            raise ConfigError(f"postprocess {self.cfg.type}: {where} should be scores in [0, 1] but range from "
+                              f"{lo:.4g} to {hi:.4g}", hint=hint)
 
     @staticmethod
     def array(outputs: dict[str, np.ndarray], spec: TensorSpec) -> np.ndarray:
@@ -236,9 +260,6 @@ class _Classify(_Decoder):
                                   hint="choose another postprocess.type, or postprocess.output")
             if all(isinstance(d, int) and d > 0 for d in body):
                 self.classes = int(np.prod(body))
-        if labels is not None and self.classes is not None and len(labels) != self.classes:
-            log.warning("%d labels for %d classes of output %s: ids without a label are named class<N>",
-                        len(labels), self.classes, self.spec.name)
 
     def decode(self, outputs: dict[str, np.ndarray], transform: FrameTransform | None) -> Result:
         x = self.array(outputs, self.spec).reshape(-1)
@@ -249,6 +270,14 @@ class _Classify(_Decoder):
         top = np.argpartition(-p, k - 1)[:k]
         top = top[np.argsort(-p[top], kind="stable")]
         return Result(kind="classification", classes=[(int(i), self.label(int(i)), float(p[i])) for i in top])
+
+    def check(self, outputs: dict[str, np.ndarray]) -> None:
+        super().check(outputs)
+        x = self.array(outputs, self.spec).reshape(-1)
+        self.check_labels(x.size, f"output {self.spec.name!r}")
+        if self.cfg.softmax == "never":
+            self.check_scores(x, f"output {self.spec.name!r}", hint="set postprocess.softmax to auto: the outputs "
+                                                                     "are logits")
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
         mode = self.cfg.softmax
@@ -286,17 +315,32 @@ class _Yolo(_Decoder):
             if None not in dims:
                 self.expect = tuple(dims)
 
-    def decode(self, outputs: dict[str, np.ndarray], transform: FrameTransform | None) -> Result:
+    def rows(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
+        """The output as [N, lead + C] rows: box, (objectness,) class scores."""
         a = self.array(outputs, self.spec)
         if a.ndim != 2 or (self.expect is not None and a.shape != self.expect):
             want = list(self.expect) if self.expect else f"[N, {self.lead}+C]"
             raise MalformedOutput(f"output {self.spec.name!r} has shape {list(a.shape)}; expected {want} "
-                             "(one item, no batch axis)")
+                                  "(one item, no batch axis)")
         transposed = self.transposed if self.transposed is not None else a.shape[0] < a.shape[1]
         if transposed:
             a = a.T
         if a.shape[1] <= self.lead:
             raise MalformedOutput(f"output {self.spec.name!r} rows have {a.shape[1]} values; need {self.lead}+C")
+        return a
+
+    def check(self, outputs: dict[str, np.ndarray]) -> None:
+        super().check(outputs)
+        a, where = self.rows(outputs), f"output {self.spec.name!r}"
+        self.check_labels(a.shape[1] - self.lead, where)
+        what = "objectness and class scores" if self.v5 else "class scores"
+        self.check_scores(a[:, 4:], f"the {what} of {where} [{len(a)} rows x {a.shape[1]}]")
+        if len(a) and float(a[:, 2:4].min()) < 0:
+            raise ConfigError(f"postprocess {self.cfg.type}: {where} has negative box sizes, so its rows are not "
+                              "boxes (x, y, w, h)", hint=_WRONG_TYPE)
+
+    def decode(self, outputs: dict[str, np.ndarray], transform: FrameTransform | None) -> Result:
+        a = self.rows(outputs)
         normalised = a.shape[0] > 0 and float(np.abs(a[:, :4]).max()) <= 1.5
         thr = self.cfg.score_threshold
         if self.v5:
@@ -333,6 +377,14 @@ class _Ssd(_Decoder):
         raw, logits = self.array(outputs, self.head.boxes), self.array(outputs, self.head.scores)
         boxes, scores, classes, kps = self.head.decode(raw, logits, self.cfg.score_threshold)
         return self.finish(boxes, scores, classes, kps, transform)
+
+    def check(self, outputs: dict[str, np.ndarray]) -> None:
+        super().check(outputs)
+        logits = self.array(outputs, self.head.scores).reshape(len(self.head.anchors), -1)
+        where = f"output {self.head.scores.name!r}"
+        self.check_labels(logits.shape[1], where)
+        if not self.head.o["sigmoid_score"]:
+            self.check_scores(logits, where, hint="set sigmoid_score: true if the model outputs logits")
 
 
 class _Raw(_Decoder):
@@ -378,6 +430,10 @@ class Postprocessor:
             log.exception("postprocess failed on %s #%d", item.source, item.seq)
             self._fail(item, f"{type(e).__name__}: {e}")
         return item
+
+    def check(self, outputs: dict[str, np.ndarray]) -> None:
+        """ConfigError when one item's real outputs (no batch axis) do not fit the decoder."""
+        self.decoder.check(outputs)
 
     def _fail(self, item: Item, why: str) -> None:
         with self._lock:

@@ -164,10 +164,12 @@ class MqttSink:
             self.outbox.put_many(rows)  # one transaction, one fsync per item
 
     def close(self) -> None:
-        if not self.outbox.flush(self.cfg.drain_s):
-            log.info("mqtt: %d message(s) not yet acknowledged stay in %s for the next run", self.outbox.pending(),
-                     self.cfg.outbox)
+        self.outbox.flush(self.cfg.drain_s)  # what is still pending is reported by undelivered()
         self.outbox.close()
+
+    def undelivered(self) -> tuple[int, str]:
+        """Messages accepted but not acknowledged by the broker, and where they wait for the next run."""
+        return self.outbox.pending(), f"the MQTT outbox {self.cfg.outbox}"
 
 
 def _sub_id(base: str, topic: str) -> str:
@@ -186,6 +188,7 @@ class WebhookSink:
         self.cfg, self.only_routed = cfg, only_routed
         spool = spool_dir / f"webhook-{hashlib.sha1(cfg.url.encode()).hexdigest()[:12]}.jsonl"
         self.poster = Poster(cfg.url, spool, timeout_s=cfg.timeout_s)
+        self._left = 0  # events waiting in the spool after the last delivery attempt
         self._q: queue.Queue[Event | None] = queue.Queue()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="webhook", daemon=True)
@@ -208,13 +211,17 @@ class WebhookSink:
                 pending = self.poster.send(e)
             elif pending:
                 pending = self.poster.flush()
+            self._left = pending
             delay = min(delay * 2, self.cfg.max_retry_s) if pending else self.cfg.retry_s
 
     def close(self) -> None:
         while not self._q.empty():  # spool what is queued (delivery is attempted; leftovers stay for next time)
-            self.poster.send(self._q.get())
+            self._left = self.poster.send(self._q.get())
         self._stop.set()
         self._thread.join(self.cfg.timeout_s + 1)
+
+    def undelivered(self) -> tuple[int, str]:
+        return self._left, f"the webhook spool {self.poster.spool}"
 
 
 class VideoSink:

@@ -63,12 +63,25 @@ class Source(ABC):
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._seq = 0
-        self._stats: dict[str, Any] = {"items": 0, "skipped_malformed": 0, "read_errors": 0}
+        self._stats: dict[str, Any] = {"items": 0, "skipped": 0, "skipped_malformed": 0, "read_errors": 0}
         self._warned_at = 0.0
         self._suppressed = 0
 
     @abstractmethod
     def __iter__(self) -> Iterator[Item]: ...
+
+    def probe(self) -> None:
+        """`run --check`: reach the input once, raising what a run would meet. Files are checked when a source is
+        made, so only live sources add to this."""
+        return None
+
+    def position(self, item: Item) -> dict[str, Any] | None:
+        """Where `item` is in the input, for `resume: true`; None for sources that cannot resume."""
+        return None
+
+    def resume_after(self, position: dict[str, Any]) -> None:
+        """Start after `position` (what `position()` returned for the last item a previous run delivered)."""
+        return None
 
     def stop(self) -> None:
         """Ends the iteration within about 0.2 s, from any thread, even while a read blocks."""
@@ -93,9 +106,12 @@ class Source(ABC):
         return Item(source=self.id, seq=seq, ts=ts, live=self.live, frame=kw.pop("frame", None),
                     values=kw.pop("values", None), meta=kw)
 
-    def _skip(self, reason: str, counter: str = "skipped_malformed") -> None:
-        """Counts a skipped input and warns, at most once per few seconds so a flood cannot drown the log."""
+    def _skip(self, reason: str, counter: str = "skipped_malformed", *, an_input: bool = True) -> None:
+        """Counts a skipped input (in `counter` and in the total, `skipped`) and warns, at most once per few seconds
+        so a flood cannot drown the log. `an_input=False`: a failure that skipped no input (a folder listing)."""
         self._count(counter)
+        if an_input:
+            self._count("skipped")
         now = time.monotonic()
         with self._lock:
             if now - self._warned_at < _WARN_EVERY_S:

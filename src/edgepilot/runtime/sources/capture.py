@@ -36,11 +36,13 @@ class VideoSourceConfig(_SourceBase):
     realtime: bool = False  # pace frames at the file's fps as a camera would; the source then counts as live
     start: int = Field(0, ge=0)  # first frame index
     stride: int = Field(1, ge=1)  # keep every stride-th frame
+    resume: bool = False  # after a restart, start after the last frame a previous run delivered (same file)
 
 
 class CameraSourceConfig(_Reconnect):
     type: Literal["camera"] = "camera"
     device: int | str = 0  # OpenCV index, or a device path such as /dev/video0
+    max_retries: int | None = Field(None, ge=0)  # consecutive failed opens/reads before giving up; None: forever
     width: int | None = Field(None, gt=0)
     height: int | None = Field(None, gt=0)
     fps: float | None = Field(None, gt=0)
@@ -78,6 +80,21 @@ class VideoSource(Source):
             self.frame_count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         finally:
             cap.release()
+        self._first = cfg.start  # the first pass starts here; a resumed one later
+
+    def _identity(self) -> dict[str, Any]:
+        st = self.path.stat()
+        return {"path": str(self.path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+    def position(self, item: Item) -> dict[str, Any] | None:
+        return {**self._identity(), "frame_index": item.meta["frame_index"]} if self.cfg.resume else None
+
+    def resume_after(self, position: dict[str, Any]) -> None:
+        if {k: position.get(k) for k in ("path", "size", "mtime_ns")} != self._identity():
+            log.info("source %s: %s changed since the last run; starting from the beginning", self.id, self.path)
+            return
+        self._first = max(self.cfg.start, int(position["frame_index"]) + self.cfg.stride)
+        log.info("source %s: resuming at frame %d", self.id, self._first)
 
     def _unreadable(self) -> InputError:
         return InputError(f"cannot read video {self.path}: OpenCV's FFmpeg backend does not decode it",
@@ -101,21 +118,23 @@ class VideoSource(Source):
         """One run through the file; False when it yielded nothing (so looping cannot spin)."""
         cap, yielded = self._open(), False
         cfg, period = self.cfg, 1.0 / self.fps if self.cfg.realtime and self.fps > 0 else 0.0
+        first, self._first = self._first, cfg.start  # a loop's later passes start at `start`
         try:
-            for _ in range(cfg.start):  # grab() rather than a seek: seeking lands on key frames in many codecs
+            for _ in range(first):  # grab() rather than a seek: seeking lands on key frames in many codecs
                 if not cap.grab():
                     return False
-            index, t0 = cfg.start, time.monotonic()
+            index, t0 = first, time.monotonic()
             while not self._stop.is_set():
                 ok, frame = cap.read()
                 if not ok:
                     # FFmpeg cannot resync past a damaged tail: a failed read ends the file, early or not
                     if index < self.frame_count:
                         self._count("read_errors")
+                        self._set("ended_early", f"ended at frame {index} of {self.frame_count}")
                         log.warning("source %s: %s ended at frame %d of %d (truncated or damaged)", self.id,
                                     self.path, index, self.frame_count)
                     return yielded
-                if period and not self._sleep(max(0.0, t0 + (index - cfg.start) * period - time.monotonic())):
+                if period and not self._sleep(max(0.0, t0 + (index - first) * period - time.monotonic())):
                     return yielded
                 yield self._item(time.time(), frame=_bgr(frame), path=str(self.path), frame_index=index)
                 yielded = True
@@ -128,17 +147,28 @@ class VideoSource(Source):
 
 
 class _CaptureSource(Source):
-    """A live OpenCV capture that reopens with exponential back-off whenever a read fails."""
-
-    max_retries: int | None = None
+    """A live OpenCV capture that reopens with exponential back-off whenever a read fails, `max_retries` times in a
+    row at most."""
 
     def __init__(self, id: str, cfg: CameraSourceConfig | StreamSourceConfig) -> None:
         super().__init__(id, live=True)
-        self.cfg = cfg
+        self.cfg, self.max_retries = cfg, cfg.max_retries
         self._stats.update(reconnects=0, connected=False)
 
     @abstractmethod
     def _open(self): ...  # an opened cv2.VideoCapture, or None
+
+    def probe(self) -> None:
+        cap = self._open()
+        if cap is None:
+            raise UnavailableError(f"source {self.id}: cannot open it",
+                                   hint="check that the device or server is reachable and sends video")
+        try:
+            if not cap.read()[0]:
+                raise UnavailableError(f"source {self.id}: opened, but no frame came",
+                                       hint="check that the device or server sends video")
+        finally:
+            cap.release()
 
     def __iter__(self) -> Iterator[Item]:
         return self._via_thread(self._frames)
@@ -221,7 +251,6 @@ class StreamSource(_CaptureSource):
         self.url = cfg.url
         parts = urlsplit(_redact(cfg.url))
         super().__init__(cfg.id or f"stream:{parts.netloc}{parts.path}", cfg)
-        self.max_retries = cfg.max_retries
 
     def _open(self):
         cv2 = _cv2()

@@ -7,9 +7,9 @@ import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from edgepilot.errors import InputError
 from edgepilot.runtime.item import Item
@@ -25,6 +25,13 @@ class FolderSourceConfig(_SourceBase):
     watch: bool = False  # keep polling for new files until stop()
     poll_s: float = Field(0.5, gt=0)  # a new file is read once its size and mtime held still across one poll
     sort: Literal["name", "mtime"] = "name"
+    resume: bool = False  # after a restart, start after the last file a previous run delivered (not with watch)
+
+    @model_validator(mode="after")
+    def _resume_once(self) -> FolderSourceConfig:
+        if self.resume and self.watch:
+            raise ValueError("resume reads a folder once, after where the last run stopped: not with watch")
+        return self
 
 
 class FolderSource(Source):
@@ -33,13 +40,26 @@ class FolderSource(Source):
         super().__init__(cfg.id or f"folder:{self.path.name}", live=cfg.watch)
         if not self.path.is_dir():
             raise InputError(f"image folder not found: {self.path}", hint="check the path in the source config")
+        self._after: tuple | None = None  # the sort key of the last file a previous run delivered
+
+    def _key(self, path: Path, mtime_ns: int) -> tuple:
+        return (path.name,) if self.cfg.sort == "name" else (mtime_ns, path.name)
+
+    def position(self, item: Item) -> dict[str, Any] | None:
+        if not self.cfg.resume:
+            return None
+        path = Path(item.meta["path"])
+        return {"name": path.name, "mtime_ns": item.meta["mtime_ns"]}
+
+    def resume_after(self, position: dict[str, Any]) -> None:
+        self._after = self._key(Path(position["name"]), int(position["mtime_ns"]))
 
     def _listing(self) -> list[tuple[Path, os.stat_result]]:
         found = []
         try:
             entries = list(os.scandir(self.path))
         except OSError as e:
-            self._skip(f"cannot list {self.path}: {e.strerror}", "read_errors")
+            self._skip(f"cannot list {self.path}: {e.strerror}", "read_errors", an_input=False)
             return []
         for e in entries:
             name = e.name
@@ -57,7 +77,7 @@ class FolderSource(Source):
         key = (lambda f: f[0].name) if self.cfg.sort == "name" else (lambda f: (f[1].st_mtime_ns, f[0].name))
         return sorted(found, key=key)
 
-    def _read(self, path: Path) -> Item | None:
+    def _read(self, path: Path, mtime_ns: int) -> Item | None:
         ts = time.time()
         try:
             data = path.read_bytes()
@@ -69,14 +89,16 @@ class FolderSource(Source):
         except ValueError:
             self._skip(f"{path} is not a readable image")
             return None
-        return self._item(ts, frame=frame, path=str(path))
+        return self._item(ts, frame=frame, path=str(path), mtime_ns=mtime_ns)
 
     def __iter__(self) -> Iterator[Item]:
         if not self.cfg.watch:
-            for path, _ in self._listing():
+            for path, st in self._listing():
                 if self._stop.is_set():
                     return
-                if (item := self._read(path)) is not None:
+                if self._after is not None and self._key(path, st.st_mtime_ns) <= self._after:
+                    continue
+                if (item := self._read(path, st.st_mtime_ns)) is not None:
                     yield item
             return
         done: dict[str, tuple[int, int]] = {}  # read (or failed) files and their size/mtime at that moment
@@ -93,7 +115,7 @@ class FolderSource(Source):
                 if last.get(path.name) != sig or st.st_size == 0:
                     continue
                 done[path.name] = sig
-                item = self._read(path)
+                item = self._read(path, st.st_mtime_ns)
                 if item is None:
                     failed.add(path.name)
                     continue

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
+from edgepilot.errors import UnavailableError
 from edgepilot.runtime.item import Item
 from edgepilot.runtime.mqtt import MqttConfig, make_client
 from edgepilot.runtime.sources.base import Source, _decode_image, _SourceBase
@@ -81,6 +82,15 @@ class MqttSource(Source):
         super().stop()
         with self._cond:
             self._cond.notify_all()
+
+    def probe(self) -> None:
+        client, m = make_client(self.cfg.mqtt, "probe"), self.cfg.mqtt
+        try:
+            client.connect(m.host, m.port, m.keepalive_s)
+            client.disconnect()
+        except (OSError, ValueError) as e:
+            raise UnavailableError(f"source {self.id}: cannot reach the MQTT broker {m.host}:{m.port}: {e}",
+                                   hint="check the broker's address and that it runs") from None
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
