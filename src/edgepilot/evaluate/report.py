@@ -15,6 +15,8 @@ from edgepilot.evaluate.accuracy import Agreement, agreement, predict, topk_accu
 from edgepilot.evaluate.benchmark import BenchConfig, benchmark
 from edgepilot.evaluate.datasets import Dataset, fit_to_input
 from edgepilot.evaluate.latency import LatencyStats
+from edgepilot.evaluate.yardstick import Yardstick
+from edgepilot.evaluate.yardstick import measure as measure_yardstick
 from edgepilot.host import host_info
 from edgepilot.model import Model
 
@@ -47,6 +49,7 @@ class Report(BaseModel):
     host: str
     cpu: str
     host_gflops: float | None = None  # fp32 matrix-product rate measured when the report was made
+    yardstick: Yardstick | None = None  # how host_gflops was measured (threads, method, spread)
     variants: list[VariantResult]
     # §3.1: weight quantisation error by bit depth, over all weights and for the worst tensors at 8 bits
     weight_error: list[dict] = []
@@ -119,19 +122,6 @@ def _arena(model: Model, engines: dict) -> int | None:
         return None
 
 
-def measure_gflops(n: int = 512, repeats: int = 5) -> float:
-    """This host's fp32 matrix-product rate (median of a few runs): the yardstick for latency estimates."""
-    import time
-
-    a = np.ones((n, n), np.float32)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ a
-        times.append(time.perf_counter() - t0)
-    return round(2 * n**3 / float(np.median(times)) / 1e9, 1)
-
-
 def _flag_slow_int8(results: list[VariantResult]) -> None:
     """int8 is not faster on every CPU (this one has no VNNI): say so with the measured ratio."""
     fp32 = {(r.format, r.engine): r for r in results if r.variant.endswith("fp32") and r.latency}
@@ -161,9 +151,10 @@ def build_report(source: Model, ds: Dataset, results: list[VariantResult], refer
                  analysed: Model | None = None) -> Report:
     """`analysed` is the float model whose weights the §3.1 analysis reads (ONNX or Keras)."""
     host = host_info()
+    stick = measure_yardstick()
     overall, worst = weight_error(analysed) if analysed is not None else ([], [])
     return Report(source=str(source.path), dataset=ds.name, samples=len(ds), reference=reference,
-                  host=host.hostname, host_gflops=measure_gflops(),
+                  host=host.hostname, host_gflops=stick.gflops, yardstick=stick,
                   cpu=f"{host.cpu_model}, {host.logical_cores} cores, "
                   f"{', '.join(host.instruction_sets) or 'no SIMD flags read'}", variants=results,
                   weight_error=overall, worst_tensors_8bit=worst)

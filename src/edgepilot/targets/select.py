@@ -36,6 +36,7 @@ class Candidate(BaseModel):
     p50_ms: float | None = None
     p95_ms: float | None = None
     latency: Literal["measured", "estimated", "unknown"] = "unknown"
+    basis: str | None = None  # what an estimate rests on: the host yardstick, the board's figures
     accuracy_drop: float | None = None
     memory_mb: float | None = None
     fit: str = ""  # the memory margin, in words
@@ -59,7 +60,8 @@ def select(report: Report, target: str, gates: Gates | None = None, overhead: Mc
     dropped = [c for c in candidates if c.reasons]
     if ranked:
         best = ranked[0]
-        message = (f"{target}: {best.variant} on {best.engine} — p50 {best.p50_ms:.3f} ms ({best.latency})"
+        message = (f"{target}: {best.variant} on {best.engine} — p50 {best.p50_ms:.3f} ms "
+                   f"({best.basis or best.latency})"
                    + (f", top-1 drop {best.accuracy_drop:+.4f}" if best.accuracy_drop is not None else "")
                    + (f", {best.fit}" if best.fit else ""))
         return Selection(target=target, chosen=best, ranked=ranked, dropped=dropped, message=message)
@@ -82,12 +84,13 @@ def _rank_key(c: Candidate):
 _FP16_COMPUTE = {"mnn", "ncnn", "openvino"}
 
 
-def _speedup(board: Board, variant: str, engine: str) -> float:
+def _speedup(board: Board, variant: str, engine: str) -> tuple[float, str]:
+    """The board's documented speed-up over fp32 for this variant, and the precision it is for."""
     if "int8" in variant and "weights" not in variant:  # full int8, not int8 weights with float compute
-        return board.int8_speedup
+        return board.int8_speedup, "int8"
     if ("fp16" in variant or "float16" in variant) and engine in _FP16_COMPUTE:
-        return board.fp16_speedup
-    return 1.0
+        return board.fp16_speedup, "fp16"
+    return 1.0, "fp32"
 
 
 def _assess(v: VariantResult, board: Board | None, report: Report, reference: VariantResult | None,
@@ -108,9 +111,12 @@ def _assess(v: VariantResult, board: Board | None, report: Report, reference: Va
     if board is None:
         c.p50_ms, c.p95_ms, c.latency = v.latency.p50_ms, v.latency.p95_ms, "measured"
     elif report.host_gflops:
-        scale = report.host_gflops / board.est_gflops
-        scale /= _speedup(board, v.variant, c.engine)
+        speedup, precision = _speedup(board, v.variant, c.engine)
+        scale = report.host_gflops / board.est_gflops / speedup
         c.p50_ms, c.p95_ms, c.latency = v.latency.p50_ms * scale, v.latency.p95_ms * scale, "estimated"
+        host = report.yardstick.describe() if report.yardstick else f"host {report.host_gflops:.1f} GFLOP/s fp32"
+        c.basis = (f"estimated: {host} → {board.name}: {board.est_gflops:g} GFLOP/s documented"
+                   + (f", ×{speedup:g} {precision} speed-up documented" if speedup != 1 else ""))
     # memory fit
     if mcu:
         if v.arena_bytes is not None:
