@@ -195,14 +195,18 @@ def _tools(p) -> dict[str, str]:
 
 
 # Safer settings tried in order when a quantised variant loses more accuracy than the gate allows.
-# "exclude_sensitive" keeps the first and last weight layers in float: the usual most sensitive ones.
+# "exclude_sensitive" keeps the first and last weight layers in float: the usual most sensitive ones;
+# "exclude_head" keeps a detection head's decoding in float, as the usual YOLO int8 recipes do (tried
+# only where the model has such a head).
 RETRIES: dict[str, list[dict[str, Any]]] = {
     "onnx-quantize-static": [{"per_channel": True}, {"per_channel": True, "reduce_range": True},
                              {"per_channel": True, "calibrate_method": "entropy"},
                              {"per_channel": True, "calibrate_method": "percentile"},
+                             {"per_channel": True, "exclude_head": True},
                              {"per_channel": True, "exclude_sensitive": True}],
     "onnx-quantize-dynamic": [{"per_channel": True}, {"per_channel": True, "reduce_range": True},
                               {"per_channel": True, "exclude_sensitive": True}],
+    "openvino-nncf-int8": [{"preset": "mixed"}, {"exclude_head": True}, {"exclude_sensitive": True}],
 }
 
 
@@ -259,15 +263,16 @@ def _retry(rec: Record, variants: dict[str, Model], tries: list[dict[str, Any]],
     p = all_passes()[rec.pass_name]()
     log_lines: list[str] = []
     for k, extra in enumerate(tries, 1):
-        options = {**rec.options, **{key: v for key, v in extra.items() if key != "exclude_sensitive"}}
-        if extra.get("exclude_sensitive"):
-            options["nodes_to_exclude"] = sensitive_nodes(src)
+        options = _retry_options(rec.options, extra, src)
+        if options is None:
+            continue
         ctx = PassContext(out / "variants" / rec.variant / f"retry{k}",
-                          calibration={src.inputs[0].name: _calibration_for(calib, src)})
+                          calibration={src.inputs[0].name: _calibration_for(calib, src)}, labels=calib.y)
         try:
             model = p.run(src, p.options(**options), ctx)
-        except EdgepilotError as e:
-            log_lines.append(f"{options}: failed ({e})")
+        except Exception as e:  # noqa: BLE001 - a setting that cannot be built is one failed try, not a crash
+            log.debug("retry %s of %s failed", options, rec.variant, exc_info=True)
+            log_lines.append(f"{options}: failed ({e if isinstance(e, EdgepilotError) else type(e).__name__})")
             continue
         result, outputs = evaluate_one(rec.variant, model, eval_set, seconds=seconds, threads=threads)
         log_lines.append(f"{options}: top-1 {result.top1 if result.top1 is not None else 'n/a'}")
@@ -281,9 +286,60 @@ def _retry(rec: Record, variants: dict[str, Model], tries: list[dict[str, Any]],
     return None, log_lines
 
 
+def _retry_options(options: dict[str, Any], extra: dict[str, Any], src: Model) -> dict[str, Any] | None:
+    """A RETRIES entry as the pass's options; None where it does not apply to this model."""
+    merged = {**options, **{k: v for k, v in extra.items() if k not in _NODE_CHOICES}}
+    for key, choose in _NODE_CHOICES.items():
+        if extra.get(key):
+            nodes = choose(src) if src.format == Format.ONNX else []
+            if not nodes:
+                return None
+            merged["nodes_to_exclude"] = sorted(set(merged.get("nodes_to_exclude", [])) | set(nodes))
+    return merged
+
+
+_WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+_RESHAPING = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten")
+
+
+def _graph(model: Model):
+    onnx = require("onnx", "onnx")
+    return onnx.load(str(model.path), load_external_data=False).graph
+
+
 def sensitive_nodes(model: Model) -> list[str]:
     """Names of the first and last Conv/Gemm/MatMul nodes of an ONNX model."""
-    onnx = require("onnx", "onnx")
-    nodes = [n.name for n in onnx.load(str(model.path), load_external_data=False).graph.node
-             if n.op_type in ("Conv", "Gemm", "MatMul") and n.name]
+    nodes = [n.name for n in _graph(model).node if n.op_type in _WEIGHTED and n.name]
     return sorted({nodes[0], nodes[-1]}) if nodes else []
+
+
+def head_nodes(model: Model) -> list[str]:
+    """The nodes that decode a detection head (sigmoid, box arithmetic, YOLOv8's DFL), or [] where there are none.
+
+    Everything between the outputs and the last weight layers (short of shape computations), plus a weight
+    layer fed by a Softmax (the DFL's fixed 1x1 Conv). A classifier's lone final Softmax is no such head.
+    """
+    graph = _graph(model)
+    producer = {o: n for n in graph.node for o in n.output}
+
+    def fed_by_softmax(node) -> bool:
+        n = producer.get(node.input[0]) if node.input else None
+        while n is not None and n.op_type in _RESHAPING:
+            n = producer.get(n.input[0])
+        return n is not None and n.op_type == "Softmax"
+
+    head, seen = [], set()
+    stack = [producer[o.name] for o in graph.output if o.name in producer]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen or node.op_type == "Shape" or (node.op_type in _WEIGHTED and not fed_by_softmax(node)):
+            continue  # a Shape reads only the size of the backbone's features
+        seen.add(id(node))
+        head.append(node)
+        stack.extend(producer[i] for i in node.input if i in producer)
+    names = sorted(n.name for n in head if n.name and n.op_type != "Constant")  # a Constant has nothing to quantise
+    return names if len(names) > 1 else []
+
+
+# RETRIES keys that choose nodes to keep in float, and how each chooses them
+_NODE_CHOICES = {"exclude_sensitive": sensitive_nodes, "exclude_head": head_nodes}
