@@ -17,8 +17,9 @@ from typing import Any
 
 from rich.progress import Progress
 
-from edgepilot.errors import EdgepilotError
+from edgepilot.errors import ConfigError, EdgepilotError
 from edgepilot.evaluate.datasets import Dataset
+from edgepilot.logcapture import section
 from edgepilot.model import Format, Model
 from edgepilot.optional import require
 from edgepilot.passes import PassContext, all_passes
@@ -60,6 +61,7 @@ class Step:
     pass_name: str
     options: dict[str, Any]
     source: str
+    unreachable: str | None = None  # why a requested variant cannot be built from this source: recorded as skipped
 
 
 @dataclass
@@ -80,11 +82,14 @@ class Record:
 
 
 def plan(model: Model, families: list[str] | None = None) -> list[Step]:
-    """The steps that build the requested families from `model`, each from a source the plan provides."""
+    """The steps that build the requested families from `model`, each from a source the plan provides.
+
+    A family asked for by name that no pass chain reaches from this source gets steps marked unreachable.
+    """
     wanted = set(families or FAMILIES)
     unknown = wanted - set(FAMILIES)
     if unknown:
-        raise EdgepilotError(f"unknown format {sorted(unknown)[0]!r}", hint=f"choose from {', '.join(FAMILIES)}")
+        raise ConfigError(f"unknown format {sorted(unknown)[0]!r}", hint=f"choose from {', '.join(FAMILIES)}")
     registered = all_passes()
     have = {SOURCE} | ({_SOURCE_IS[model.format]} if model.format in _SOURCE_IS else set())
     steps: list[Step] = []
@@ -96,7 +101,33 @@ def plan(model: Model, families: list[str] | None = None) -> list[Step]:
         steps.append(Step(variant, pass_name, options, source))
         have.add(variant)
     needed = _needed(steps, wanted)
-    return [s for s in steps if s.variant in needed]
+    planned = [s for s in steps if s.variant in needed]
+    return planned + (_unreachable(model, set(families), planned) if families else [])
+
+
+def _unreachable(model: Model, wanted: set[str], planned: list[Step]) -> list[Step]:
+    """A skipped step for each variant of a wanted family that neither the plan nor the source provides."""
+    family = {v: f for v, *_, f in STEPS}
+    built = {family[s.variant] for s in planned} | {family[v] for f, v in _SOURCE_IS.items() if f == model.format}
+    registered = all_passes()
+
+    def starts(variant: str) -> set[str]:  # the source formats some pass chain turns into `variant`
+        found = {f.value for f, v in _SOURCE_IS.items() if v == variant}
+        for v, p, _, src, _ in STEPS:
+            if v == variant and src != SOURCE:
+                found |= starts(src)
+            elif v == variant and p in registered:
+                found |= {f.value for f in registered[p].consumes}
+        return found
+
+    steps: list[Step] = []
+    for f in sorted(wanted - built):
+        variants = list(dict.fromkeys(v for v, *_, fam in STEPS if fam == f))
+        reason = (f"no pass chain builds {f} from the {model.format.value} source (chains to {f} start from "
+                  f"{', '.join(sorted(set().union(*map(starts, variants)))) or 'no installed pass'})")
+        steps += [Step(v, p, o, src, unreachable=reason) for v, p, o, src, _ in
+                  (next(r for r in STEPS if r[0] == v) for v in variants)]
+    return steps
 
 
 def _needed(steps: list[Step], wanted: set[str]) -> set[str]:
@@ -126,12 +157,15 @@ def run_plan(model: Model, steps: list[Step], out: Path, calibration: Dataset | 
     for step in steps:
         if progress:
             progress.update(task, description=f"{step.variant} ({step.pass_name})")
+        section(f"{step.variant} ({step.pass_name})")
         p = registered[step.pass_name]()
         rec = Record(step.variant, "ok", step.pass_name, step.source, step.options, tools=_tools(p))
         src = variants.get(step.source)
         ctx = PassContext(out / "variants" / step.variant)
         t0 = time.perf_counter()
         try:
+            if step.unreachable:
+                raise _Skip(step.unreachable)
             if src is None:
                 raise _Skip(f"its source {step.source} was not built")
             if calibration is not None:
