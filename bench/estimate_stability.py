@@ -2,14 +2,16 @@
 
 Board latency estimates are host latency × host GFLOP/s / board GFLOP/s, so the yardstick's
 run-to-run spread is the estimates' spread. Each run is a new Python process (as each `optimize`
-is); the old yardstick (the median of five 512×512 products, no warm-up, threads as numpy
-starts them) runs in the same processes for comparison. Writes bench/results/estimate_stability.{json,md}.
+is), started once the host is quiet (up to 2 minutes' wait); the old yardstick (the median of five
+512×512 products, no warm-up, threads as numpy starts them) runs in the same processes for
+comparison. Writes bench/results/estimate_stability.{json,md}.
 """
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +36,15 @@ def spread(values: list[float]) -> float:
     return round((ordered[-1] - ordered[0]) / ordered[len(ordered) // 2], 3)
 
 
+def wait_for_quiet(share: float, patience_s: float = 120) -> None:
+    """Wait (at most `patience_s`) until the CPU is less than `share` busy over a second: a quiet host."""
+    import psutil
+
+    deadline = time.monotonic() + patience_s
+    while psutil.cpu_percent(interval=1.0) / 100 >= share and time.monotonic() < deadline:
+        pass
+
+
 def _pct(v: float | None) -> str:
     return "-" if v is None else f"{v:.0%}"
 
@@ -45,6 +56,7 @@ def main() -> None:
     env_path = str(ROOT / "src")
     runs = []
     for _ in range(RUNS):
+        wait_for_quiet(QUIET)
         proc = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, check=True,
                               env={"PATH": "/usr/bin:/bin", "PYTHONPATH": env_path})
         runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
