@@ -37,11 +37,11 @@ def spread(values: list[float]) -> float:
 
 
 def wait_for_quiet(share: float, patience_s: float = 120) -> None:
-    """Wait (at most `patience_s`) until the CPU is less than `share` busy over a second: a quiet host."""
+    """Wait (at most `patience_s`) until the CPU is less than `share` busy over 3 s: a quiet host."""
     import psutil
 
     deadline = time.monotonic() + patience_s
-    while psutil.cpu_percent(interval=1.0) / 100 >= share and time.monotonic() < deadline:
+    while psutil.cpu_percent(interval=3.0) / 100 >= share and time.monotonic() < deadline:
         pass
 
 
