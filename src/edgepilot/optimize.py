@@ -19,9 +19,10 @@ from rich.progress import Progress
 
 from edgepilot import catalog
 from edgepilot.catalog import SOURCE
-from edgepilot.errors import EdgepilotError, InputError
+from edgepilot.errors import ConfigError, EdgepilotError, InputError
 from edgepilot.evaluate.datasets import Dataset
 from edgepilot.host import has_capability
+from edgepilot.logcapture import section
 from edgepilot.model import Format, Model
 from edgepilot.optional import require
 from edgepilot.passes import PassContext, all_passes
@@ -34,6 +35,7 @@ class Step:
     pass_name: str
     options: dict[str, Any]
     source: str
+    unreachable: str | None = None  # why a requested variant cannot be built from this source: recorded as skipped
 
 
 @dataclass
@@ -54,12 +56,15 @@ class Record:
 
 
 def plan(model: Model, families: list[str] | None = None) -> list[Step]:
-    """The steps that build the requested families from `model`, each from a source the plan provides."""
+    """The steps that build the requested families from `model`, each from a source the plan provides.
+
+    A family asked for by name that no pass chain reaches from this source gets steps marked unreachable.
+    """
     wanted = set(families or catalog.FAMILIES)
     unknown = wanted - set(catalog.FAMILIES)
     if unknown:
-        raise EdgepilotError(f"unknown format {sorted(unknown)[0]!r}",
-                             hint=f"choose from {', '.join(catalog.FAMILIES)}")
+        raise ConfigError(f"unknown format {sorted(unknown)[0]!r}",
+                          hint=f"choose from {', '.join(catalog.FAMILIES)}")
     registered = all_passes()
     start = catalog.source_variant(model.format)
     have = {SOURCE} | ({start} if start else set())
@@ -73,7 +78,32 @@ def plan(model: Model, families: list[str] | None = None) -> list[Step]:
         steps.append(Step(spec.id, spec.pass_name, spec.options, spec.source))
         have.add(spec.id)
     needed = _needed(steps, wanted)
-    return [s for s in steps if s.variant in needed]
+    planned = [s for s in steps if s.variant in needed]
+    return planned + (_unreachable(model, set(families), planned) if families else [])
+
+
+def _unreachable(model: Model, wanted: set[str], planned: list[Step]) -> list[Step]:
+    """A skipped step for each variant of a wanted family that neither the plan nor the source provides."""
+    start = catalog.source_variant(model.format)
+    built = {catalog.get(s.variant).family for s in planned} | ({catalog.get(start).family} if start else set())
+    registered = all_passes()
+
+    def starts(variant: str) -> set[str]:  # the source formats some pass chain turns into `variant`
+        found = {f.value for f in Format if catalog.source_variant(f) == variant}
+        for spec in catalog.CATALOGUE:
+            if spec.id == variant and spec.source != SOURCE:
+                found |= starts(spec.source)
+            elif spec.id == variant and spec.pass_name in registered:
+                found |= {f.value for f in registered[spec.pass_name].consumes}
+        return found
+
+    steps: list[Step] = []
+    for f in sorted(wanted - built):
+        specs = list({s.id: s for s in reversed(catalog.CATALOGUE) if s.family == f}.values())[::-1]
+        reason = (f"no pass chain builds {f} from the {model.format.value} source (chains to {f} start from "
+                  f"{', '.join(sorted(set().union(*(starts(s.id) for s in specs)))) or 'no installed pass'})")
+        steps += [Step(s.id, s.pass_name, s.options, s.source, unreachable=reason) for s in specs]
+    return steps
 
 
 def _needed(steps: list[Step], wanted: set[str]) -> set[str]:
@@ -116,12 +146,15 @@ def run_plan(model: Model, steps: list[Step], out: Path, calibration: Dataset | 
     for step in steps:
         if progress:
             progress.update(task, description=f"{step.variant} ({step.pass_name})")
+        section(f"{step.variant} ({step.pass_name})")
         p = registered[step.pass_name]()
         rec = Record(step.variant, "ok", step.pass_name, step.source, step.options, tools=_tools(p))
         src = variants.get(step.source)
         ctx = PassContext(out / "variants" / step.variant, trust_model_code=trust_model_code)
         t0 = time.perf_counter()
         try:
+            if step.unreachable:
+                raise _Skip(step.unreachable)
             if src is None:
                 raise _Skip(f"its source {step.source} was not built")
             ctx.input_shapes = shapes_for(src.inputs, shapes) if shapes else None
@@ -187,14 +220,18 @@ def _tools(p) -> dict[str, str]:
 
 
 # Safer settings tried in order when a quantised variant loses more accuracy than the gate allows.
-# "exclude_sensitive" keeps the first and last weight layers in float: the usual most sensitive ones.
+# "exclude_sensitive" keeps the first and last weight layers in float: the usual most sensitive ones;
+# "exclude_head" keeps a detection head's decoding in float, as the usual YOLO int8 recipes do (tried
+# only where the model has such a head).
 RETRIES: dict[str, list[dict[str, Any]]] = {
     "onnx-quantize-static": [{"per_channel": True}, {"per_channel": True, "reduce_range": True},
                              {"per_channel": True, "calibrate_method": "entropy"},
                              {"per_channel": True, "calibrate_method": "percentile"},
+                             {"per_channel": True, "exclude_head": True},
                              {"per_channel": True, "exclude_sensitive": True}],
     "onnx-quantize-dynamic": [{"per_channel": True}, {"per_channel": True, "reduce_range": True},
                               {"per_channel": True, "exclude_sensitive": True}],
+    "openvino-nncf-int8": [{"preset": "mixed"}, {"exclude_head": True}, {"exclude_sensitive": True}],
 }
 
 
@@ -292,15 +329,16 @@ def _retry(rec: Record, variants: dict[str, Model], tries: list[dict[str, Any]],
     p = all_passes()[rec.pass_name]()
     log_lines: list[str] = []
     for k, extra in enumerate(tries, 1):
-        options = {**rec.options, **{key: v for key, v in extra.items() if key != "exclude_sensitive"}}
-        if extra.get("exclude_sensitive"):
-            options["nodes_to_exclude"] = sensitive_nodes(src)
+        options = _retry_options(rec.options, extra, src)
+        if options is None:
+            continue
         ctx = PassContext(out / "variants" / rec.variant / f"retry{k}",
-                          calibration={src.inputs[0].name: _calibration_for(calib, src)})
+                          calibration={src.inputs[0].name: _calibration_for(calib, src)}, labels=calib.y)
         try:
             model = p.run(src, p.options(**options), ctx)
-        except EdgepilotError as e:
-            log_lines.append(f"{options}: failed ({e})")
+        except Exception as e:  # noqa: BLE001 - a setting that cannot be built is one failed try, not a crash
+            log.debug("retry %s of %s failed", options, rec.variant, exc_info=True)
+            log_lines.append(f"{options}: failed ({e if isinstance(e, EdgepilotError) else type(e).__name__})")
             continue
         result, outputs = evaluate_one(rec.variant, model, eval_set, seconds=seconds, threads=threads,
                                        shapes=shapes)
@@ -318,9 +356,60 @@ def _retry(rec: Record, variants: dict[str, Model], tries: list[dict[str, Any]],
     return None, log_lines
 
 
+def _retry_options(options: dict[str, Any], extra: dict[str, Any], src: Model) -> dict[str, Any] | None:
+    """A RETRIES entry as the pass's options; None where it does not apply to this model."""
+    merged = {**options, **{k: v for k, v in extra.items() if k not in _NODE_CHOICES}}
+    for key, choose in _NODE_CHOICES.items():
+        if extra.get(key):
+            nodes = choose(src) if src.format == Format.ONNX else []
+            if not nodes:
+                return None
+            merged["nodes_to_exclude"] = sorted(set(merged.get("nodes_to_exclude", [])) | set(nodes))
+    return merged
+
+
+_WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+_RESHAPING = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten")
+
+
+def _graph(model: Model):
+    onnx = require("onnx", "onnx")
+    return onnx.load(str(model.path), load_external_data=False).graph
+
+
 def sensitive_nodes(model: Model) -> list[str]:
     """Names of the first and last Conv/Gemm/MatMul nodes of an ONNX model."""
-    onnx = require("onnx", "onnx")
-    nodes = [n.name for n in onnx.load(str(model.path), load_external_data=False).graph.node
-             if n.op_type in ("Conv", "Gemm", "MatMul") and n.name]
+    nodes = [n.name for n in _graph(model).node if n.op_type in _WEIGHTED and n.name]
     return sorted({nodes[0], nodes[-1]}) if nodes else []
+
+
+def head_nodes(model: Model) -> list[str]:
+    """The nodes that decode a detection head (sigmoid, box arithmetic, YOLOv8's DFL), or [] where there are none.
+
+    Everything between the outputs and the last weight layers (short of shape computations), plus a weight
+    layer fed by a Softmax (the DFL's fixed 1x1 Conv). A classifier's lone final Softmax is no such head.
+    """
+    graph = _graph(model)
+    producer = {o: n for n in graph.node for o in n.output}
+
+    def fed_by_softmax(node) -> bool:
+        n = producer.get(node.input[0]) if node.input else None
+        while n is not None and n.op_type in _RESHAPING:
+            n = producer.get(n.input[0])
+        return n is not None and n.op_type == "Softmax"
+
+    head, seen = [], set()
+    stack = [producer[o.name] for o in graph.output if o.name in producer]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen or node.op_type == "Shape" or (node.op_type in _WEIGHTED and not fed_by_softmax(node)):
+            continue  # a Shape reads only the size of the backbone's features
+        seen.add(id(node))
+        head.append(node)
+        stack.extend(producer[i] for i in node.input if i in producer)
+    names = sorted(n.name for n in head if n.name and n.op_type != "Constant")  # a Constant has nothing to quantise
+    return names if len(names) > 1 else []
+
+
+# RETRIES keys that choose nodes to keep in float, and how each chooses them
+_NODE_CHOICES = {"exclude_sensitive": sensitive_nodes, "exclude_head": head_nodes}

@@ -5,10 +5,13 @@ import logging
 import os
 import sys
 from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
 
 import typer
+from pydantic import ValidationError
 
-from edgepilot.errors import EdgepilotError
+from edgepilot.errors import ConfigError, EdgepilotError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="edgepilot: take a trained model to a monitored, updatable edge deployment.")
@@ -31,11 +34,29 @@ def main() -> None:
     try:
         app()
     except EdgepilotError as e:
-        sys.stderr.write(f"error: {e.message}" + (f" (hint: {e.hint})" if e.hint else "") + "\n")
-        sys.exit(e.exit_code)
+        _fail(f"{e.message}" + (f" (hint: {e.hint})" if e.hint else ""), e.exit_code)
+    except ValidationError as e:  # options checked by a pydantic model: a usage error
+        first = e.errors()[0]
+        _fail(f"{'.'.join(map(str, first['loc'])) or 'option'}: {first['msg']}", 2)
+    except (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
+        _fail(f"{e.strerror}: {e.filename}", 2)  # a path given on the command line that cannot be used so
+    except OSError as e:
+        _fail(f"{e.strerror or e}" + (f": {e.filename}" if e.filename else ""), 1)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         sys.exit(130)
+
+
+def _fail(message: str, code: int) -> None:
+    sys.stderr.write(f"error: {message}\n")
+    sys.exit(code)
+
+
+def output_folder(path: Path, option: str = "--out") -> Path:
+    """`path` as a folder to write into: a file there is a usage error, said before any work starts."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{option} {path} is a file, not a folder", hint="give a folder; it is created if missing")
+    return path
 
 
 @contextmanager
@@ -52,8 +73,11 @@ def native_stdout_to_stderr():
         os.close(saved)
 
 
-def wide_console(min_width: int = 100):
-    """A rich Console at least `min_width` wide: a pipe reports 80 columns, too narrow for the tables."""
+def wide_console(min_width: int = 100, file: IO[str] | None = None):
+    """A rich Console at least `min_width` wide (a pipe reports 80 columns, too narrow for the tables).
+
+    file: where it writes, default stdout (a run log yields the terminal's own file while it holds stdout).
+    """
     from rich.console import Console
 
-    return Console(width=max(Console().width, min_width))
+    return Console(file=file, width=max(Console(file=file).width, min_width))

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
@@ -63,10 +64,13 @@ def register(app: typer.Typer) -> None:
                                         "or comma-separated); default: the data's sample shape, batch 1."),
         trust_model_code: bool = typer.Option(False, "--trust-model-code", help="Let conversions that must run "
                                               "code from the model file run it (SavedModel, .pt2, Keras Lambda)."),
+        verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show the converters' and runtimes' own "
+                                     "output (it always goes to OUT/optimize.log)."),
     ) -> None:
         """Convert MODEL into every deployable variant, measure each, and write lineage.json and report.md/json."""
-        from edgepilot.cli import native_stdout_to_stderr, wide_console
+        from edgepilot.cli import output_folder, wide_console
         from edgepilot.evaluate.datasets import fit_to_input, load_dataset
+        from edgepilot.logcapture import run_log
         from edgepilot.model import Model
         from edgepilot.optimize import optimize_and_report
         from edgepilot.shapes import parse_shapes
@@ -89,7 +93,7 @@ def register(app: typer.Typer) -> None:
             if model is None or data is None:
                 raise ConfigError("give MODEL and --data, or --recipe FILE")
             cfg = Recipe(**given)
-        out, target = cfg.out, cfg.target
+        out, target = output_folder(cfg.out), cfg.target
         source = Model.load(cfg.model, trust_model_code=cfg.trust_model_code)
         ds = load_dataset(cfg.data)
         fit_to_input(ds.subset(1), source.inputs[0])  # data that does not fit the model stops here, clearly
@@ -97,7 +101,9 @@ def register(app: typer.Typer) -> None:
         if target:
             families = _families_for(target, families)
         console = wide_console()
-        with Progress(console=console, transient=True) as progress, native_stdout_to_stderr():
+        # third-party output goes to the log; the progress bar to the terminal the log leaves us
+        with run_log(out / "optimize.log", verbose) as terminal, \
+                Progress(console=wide_console(file=terminal), transient=True) as progress:
             report, records = optimize_and_report(
                 source, ds, out, families, calibration_samples=cfg.calibration_samples,
                 eval_samples=cfg.eval_samples, seconds=cfg.seconds, threads=cfg.threads,
@@ -151,10 +157,15 @@ def print_summary(console: Console, report, records, out: Path) -> None:
                   fmt(a and a.value, ".4f"), fmt(lat and lat.p50_ms, ".3f"), fmt(lat and lat.p99_ms, ".3f"),
                   fmt(r.peak_rss_mb, ".0f"))
     console.print(t)
+    by_reason: dict[tuple[str, str | None], list[str]] = {}  # one line for the variants a reason shares
     for rec in records:
         if rec.status != "ok":
-            console.print(f"[yellow]{rec.variant}: {rec.status}: {rec.reason}[/yellow]", soft_wrap=True)
+            by_reason.setdefault((rec.status, rec.reason), []).append(rec.variant)
+    for (status, reason), variants in by_reason.items():
+        console.print(f"[yellow]{escape(', '.join(variants))}: {status}: {escape(str(reason))}[/yellow]",
+                      soft_wrap=True)
     for r in report.variants:
         for note in r.flags + ([r.error] if r.error else []):
-            console.print(f"[yellow]{r.variant}: {note}[/yellow]", soft_wrap=True)
-    console.print(f"report: {out / 'report.html'} ({out / 'report.md'})  lineage: {out / 'lineage.json'}")
+            console.print(f"[yellow]{r.variant}: {escape(note)}[/yellow]", soft_wrap=True)
+    console.print(f"report: {out / 'report.html'} ({out / 'report.md'})  lineage: {out / 'lineage.json'}  "
+                  f"log: {out / 'optimize.log'}", soft_wrap=True)

@@ -19,6 +19,8 @@ from edgepilot.evaluate.benchmark import BenchConfig, benchmark
 from edgepilot.evaluate.datasets import Dataset, fit_to_input
 from edgepilot.evaluate.latency import LatencyStats
 from edgepilot.evaluate.tasks import HEADLINE, Agreement, TaskSpec, align, label_accuracy, resolve, score
+from edgepilot.evaluate.yardstick import Yardstick
+from edgepilot.evaluate.yardstick import measure as measure_yardstick
 from edgepilot.host import host_info
 from edgepilot.model import Model
 from edgepilot.runtime.postprocess import PostprocessConfig
@@ -62,6 +64,7 @@ class Report(BaseModel):
     task: str | None = None  # e.g. "detection, blazeface decoder (inferred from the outputs)"
     task_metric: str | None = None  # the headline agreement metric, e.g. "top-1 agreement"
     labelled: bool = False  # whether accuracy against labels was measured (else: agreement with the reference)
+    yardstick: Yardstick | None = None  # how host_gflops was measured (threads, method, spread)
     variants: list[VariantResult]
     # §3.1: weight quantisation error by bit depth, over all weights and for the worst tensors at 8 bits
     weight_error: list[dict] = []
@@ -196,19 +199,6 @@ def _arena(model: Model, engines: dict) -> int | None:
         return None
 
 
-def measure_gflops(n: int = 512, repeats: int = 5) -> float:
-    """This host's fp32 matrix-product rate (median of a few runs): the yardstick for latency estimates."""
-    import time
-
-    a = np.ones((n, n), np.float32)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ a
-        times.append(time.perf_counter() - t0)
-    return round(2 * n**3 / float(np.median(times)) / 1e9, 1)
-
-
 def _flag_slow_int8(results: list[VariantResult]) -> None:
     """int8 is not faster on every CPU (without VNNI it often is not): say so with the measured ratio."""
     fp32 = {(r.format, r.engine): r for r in results if r.precision == catalog.FP32 and r.latency}
@@ -239,13 +229,14 @@ def build_report(source: Model, ds: Dataset, results: list[VariantResult], refer
                  analysed: Model | None = None) -> Report:
     """`analysed` is the float model whose weights the §3.1 analysis reads (ONNX or Keras)."""
     host = host_info()
+    stick = measure_yardstick()
     overall, worst = weight_error(analysed) if analysed is not None else ([], [])
     spec = reference.spec if reference is not None else None
     return Report(source=str(source.path), dataset=ds.name, samples=len(ds),
                   reference=reference.variant if reference is not None else None,
                   task=spec.describe() if spec else None, task_metric=HEADLINE[spec.task] if spec else None,
                   labelled=any(r.top1 is not None for r in results),
-                  host=host.hostname, host_gflops=measure_gflops(),
+                  host=host.hostname, host_gflops=stick.gflops, yardstick=stick,
                   cpu=f"{host.cpu_model}, {host.logical_cores} cores, "
                   f"{', '.join(host.instruction_sets) or 'no SIMD flags read'}", variants=results,
                   weight_error=overall, worst_tensors_8bit=worst)

@@ -77,8 +77,8 @@ class OnnxQuantizeDynamic(_OnnxQuantize):
         q = require("onnxruntime.quantization", "onnx")
         out = ctx.workdir / "model_int8_dynamic.onnx"
         with tempfile.TemporaryDirectory(dir=ctx.workdir) as tmp:
-            source = _preprocess(model.path, Path(tmp), ctx)
-            _check_nodes(source, options.nodes_to_exclude)
+            source = _keeping_nodes(model.path, _preprocess(model.path, Path(tmp), ctx), options.nodes_to_exclude,
+                                    ctx)
             _call("quantize_dynamic", model, lambda: q.quantize_dynamic(
                 source, out, weight_type=_qtype(q, options.weight_type), per_channel=options.per_channel,
                 reduce_range=options.reduce_range, op_types_to_quantize=options.op_types_to_quantize,
@@ -97,9 +97,12 @@ class OnnxQuantizeStatic(_OnnxQuantize):
         if batch is not None and len(next(iter(data.values()))) < batch:
             raise InputError(f"the model takes batches of {batch}, but there are only "
                               f"{len(next(iter(data.values())))} calibration samples")
-        feeds = list(batches(data, batch or options.batch_size))
-        if batch is not None:  # a fixed batch cannot take the smaller last one
-            feeds = [f for f in feeds if len(next(iter(f.values()))) == batch]
+        n = len(next(iter(data.values())))
+        size = batch or min(options.batch_size, n)
+        # Equal batches only: a fixed batch cannot take a smaller last one, and the entropy and percentile
+        # calibrators stack every batch's activations into one array, which a ragged last batch breaks.
+        feeds = [f for f in batches(data, size) if len(next(iter(f.values()))) == size]
+        ctx.notes["calibration_samples_used"] = size * len(feeds)
         method = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
                   "percentile": q.CalibrationMethod.Percentile}[options.calibrate_method]
         extra: dict = {"CalibPercentile": options.percentile} if options.calibrate_method == "percentile" else {}
@@ -108,7 +111,7 @@ class OnnxQuantizeStatic(_OnnxQuantize):
         out = ctx.workdir / f"model_int8_static_{options.calibrate_method}.onnx"
         with tempfile.TemporaryDirectory(dir=ctx.workdir) as tmp:
             source = _preprocess(model.path, Path(tmp), ctx) if options.preprocess else model.path
-            _check_nodes(source, options.nodes_to_exclude)
+            source = _keeping_nodes(model.path, source, options.nodes_to_exclude, ctx)
             reader = _Reader(q, feeds)
             cache = None
             if options.calibrate_method == "entropy":
@@ -197,15 +200,28 @@ def _preprocess(path: Path, tmp: Path, ctx: PassContext) -> Path:
     return out
 
 
-def _check_nodes(path: Path, names: list[str]) -> None:
+def _keeping_nodes(original: Path, processed: Path, names: list[str], ctx: PassContext) -> Path:
+    """The model to quantise: `processed` unless its graph optimisation fused or renamed a node to exclude.
+
+    nodes_to_exclude names nodes of the given model; quant_pre_process may fuse them away (MatMul + Add
+    into Gemm, Conv + BatchNormalization), and then the unprocessed model is quantised instead.
+    """
     if not names:
-        return
-    onnx = require("onnx", "onnx")
-    have = {n.name for n in onnx.load(str(path), load_external_data=False).graph.node}
+        return processed
+    have = _node_names(original)
     unknown = [n for n in names if n not in have]
     if unknown:
         raise ConfigError(f"nodes_to_exclude names node {unknown[0]!r}, which is not in the model",
                           hint="node names: " + ", ".join(sorted(have))[:300])
+    if processed != original and not set(names) <= _node_names(processed):
+        ctx.notes["preprocess"] = "skipped: its graph optimisation merges nodes that nodes_to_exclude names"
+        return original
+    return processed
+
+
+def _node_names(path: Path) -> set[str]:
+    onnx = require("onnx", "onnx")
+    return {n.name for n in onnx.load(str(path), load_external_data=False).graph.node}
 
 
 def _call(tool: str, model: Model, fn) -> None:

@@ -10,7 +10,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgepilot.errors import EdgepilotError, InputError, RuntimeFailure
+from edgepilot.errors import ConfigError, EdgepilotError, InputError, RuntimeFailure
 from edgepilot.model import Format, Model
 from edgepilot.optional import require
 from edgepilot.passes.base import Pass, PassContext
@@ -26,7 +26,8 @@ class Options(BaseModel):
     subset_size: int = Field(300, ge=1, description="calibration samples NNCF collects statistics on")
     fast_bias_correction: bool = Field(True, description="False: the slower, usually more accurate bias correction")
     target_device: Literal["ANY", "CPU", "GPU", "NPU"] = "ANY"
-    ignored_nodes: list[str] = Field(default_factory=list, description="node names to keep in float")
+    nodes_to_exclude: list[str] = Field(default_factory=list, description="node names to keep in float (ONNX node "
+                                        "names for an ONNX source, operation names for an IR): NNCF's ignored scope")
     accuracy_control: bool | None = Field(
         None, description="quantize_with_accuracy_control: None uses it when labels exist, True requires labels")
     max_drop: float = Field(0.01, ge=0, le=1, description="largest allowed top-1 accuracy drop (accuracy control)")
@@ -72,8 +73,10 @@ class OpenVINONncfInt8(Pass):
             preset=getattr(nncf.QuantizationPreset, options.preset.upper()),
             target_device=getattr(nncf.TargetDevice, options.target_device),
             subset_size=min(options.subset_size, len(items)), fast_bias_correction=options.fast_bias_correction)
-        if options.ignored_nodes:
-            kwargs["ignored_scope"] = nncf.IgnoredScope(names=options.ignored_nodes)
+        if options.nodes_to_exclude:
+            ignored = _ov_names(model, source, options.nodes_to_exclude)
+            kwargs["ignored_scope"] = nncf.IgnoredScope(names=ignored)
+            ctx.notes["ignored_scope"] = len(ignored)
         try:
             with _quiet(nncf):
                 if use_labels:
@@ -99,6 +102,27 @@ class OpenVINONncfInt8(Pass):
             after = _top1(core.compile_model(str(xml), "CPU"), list(zip(items, labels)))[0]
             ctx.notes["top1_on_calibration"] = {"float": round(before, 4), "int8": round(after, 4)}
         return Model.load(xml)
+
+
+def _ov_names(model: Model, source: Any, names: list[str]) -> list[str]:
+    """The OpenVINO operations that ONNX nodes `names` became (an IR's names are used as they are).
+
+    The ONNX frontend keeps a node's name, splits a biased Conv into `<name>/WithoutBiases` + `<name>`,
+    and names an operation that yields a graph output after that output.
+    """
+    ops = {op.get_friendly_name() for op in source.get_ops()}
+    outputs: dict[str, list[str]] = {}
+    if model.format == Format.ONNX:
+        onnx = require("onnx", "onnx")
+        outputs = {n.name: list(n.output) for n in onnx.load(str(model.path), load_external_data=False).graph.node}
+    found: list[str] = []
+    for name in names:
+        mine = sorted(o for o in ops if o == name or o.startswith(name + "/") or o in outputs.get(name, ()))
+        if not mine:
+            raise ConfigError(f"nodes_to_exclude names node {name!r}, which is not in {model.path.name}",
+                              hint="give names of nodes in the source model's graph (Netron shows them)")
+        found += mine
+    return sorted(set(found))
 
 
 def _nncf():

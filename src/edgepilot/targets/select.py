@@ -41,6 +41,7 @@ class Candidate(BaseModel):
     p50_ms: float | None = None
     p95_ms: float | None = None
     latency: Literal["measured", "estimated", "unknown"] = "unknown"
+    basis: str | None = None  # what an estimate rests on: the host yardstick, the board's figures
     accuracy_drop: float | None = None
     memory_mb: float | None = None
     fit: str = ""  # the memory margin, in words
@@ -63,7 +64,8 @@ def select(report: Report, target: str, gates: Gates | None = None, overhead: Mc
     dropped = [c for c in candidates if c.reasons]
     if ranked:
         best = ranked[0]
-        message = (f"{target}: {best.variant} on {best.engine} — p50 {best.p50_ms:.3f} ms ({best.latency})"
+        message = (f"{target}: {best.variant} on {best.engine} — p50 {best.p50_ms:.3f} ms "
+                   f"({best.basis or best.latency})"
                    + (f", {_drop_name(report)} lost {best.accuracy_drop:+.4f}" if best.accuracy_drop is not None
                       else "")
                    + (f", {best.fit}" if best.fit else ""))
@@ -87,13 +89,14 @@ def _rank_key(c: Candidate):
 _FP16_COMPUTE = {"mnn", "ncnn", "openvino"}
 
 
-def _speedup(board: Board, v: VariantResult, engine: str) -> float:
+def _speedup(board: Board, v: VariantResult, engine: str) -> tuple[float, str]:
+    """The board's documented speed-up over fp32 for this variant, and the precision it is for."""
     # full int8 compute only, and only where the variant really holds int8 ops and is smaller than its float one
     if v.precision == catalog.INT8 and v.int8:
-        return board.int8_speedup
+        return board.int8_speedup, "int8"
     if v.precision == catalog.FP16 and engine in _FP16_COMPUTE:
-        return board.fp16_speedup
-    return 1.0
+        return board.fp16_speedup, "fp16"
+    return 1.0, "fp32"
 
 
 def _drop_name(report: Report) -> str:
@@ -131,9 +134,12 @@ def _assess(v: VariantResult, board: Board | None, report: Report, gates: Gates,
     if board is None:
         c.p50_ms, c.p95_ms, c.latency = v.latency.p50_ms, v.latency.p95_ms, "measured"
     elif report.host_gflops:
-        scale = report.host_gflops / board.est_gflops
-        scale /= _speedup(board, v, c.engine)
+        speedup, precision = _speedup(board, v, c.engine)
+        scale = report.host_gflops / board.est_gflops / speedup
         c.p50_ms, c.p95_ms, c.latency = v.latency.p50_ms * scale, v.latency.p95_ms * scale, "estimated"
+        host = report.yardstick.describe() if report.yardstick else f"host {report.host_gflops:.1f} GFLOP/s fp32"
+        c.basis = (f"estimated: {host} → {board.name}: {board.est_gflops:g} GFLOP/s documented"
+                   + (f", ×{speedup:g} {precision} speed-up documented" if speedup != 1 else ""))
     # memory fit
     if mcu:
         if v.arena_bytes is not None:
