@@ -1,0 +1,77 @@
+"""`edgepilot keygen | bundle | verify | preflight | deploy-script | agent ...`: signed updates and the device side."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import typer
+
+
+def _keys(paths: list[Path]) -> list:
+    from edgepilot.deploy.signing import load_public
+    from edgepilot.errors import ConfigError
+
+    if not paths:
+        raise ConfigError("no trusted public key given", hint="pass --key KEY.pub (repeatable)")
+    return [load_public(p) for p in paths]
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def keygen(out: Path = typer.Argument(..., help="Private key file to write (its public key: OUT.pub).")) -> None:
+        """Make an Ed25519 signing key pair: keep OUT secret, copy OUT.pub to the devices."""
+        from edgepilot.deploy.signing import keygen as make
+
+        private, public = make(out)
+        typer.echo(f"private key {private} (keep it secret), public key {public} (put it on the devices)")
+
+    @app.command()
+    def bundle(model: Path = typer.Argument(..., exists=True, help="A variant folder (optimize's variants/<id>/) "
+                                                                   "or a model file."),
+               key: Path = typer.Option(..., exists=True, help="Private key from `edgepilot keygen`."),
+               out: Path = typer.Option(..., help="Bundle to write, e.g. app.edgebundle."),
+               version: int = typer.Option(..., min=1, help="Bundle version; devices refuse any not above theirs."),
+               target: str = typer.Option(..., help="Target board (see `edgepilot targets`)."),
+               pipeline: Path = typer.Option(None, exists=True, help="Pipeline YAML to ship with the model."),
+               name: str = typer.Option(None, help="Application name (default: the variant id or file stem)."),
+               engine: str = typer.Option(None, help="Runtime on the device (default: the variant's, else the "
+                                                     "first available one)."),
+               task: str = typer.Option(None, help="classification, detection, segmentation or tensors "
+                                                   "(default: inferred)."),
+               max_p95_ms: float = typer.Option(None, min=0, help="Gate: latency p95 on the device, ms."),
+               min_agreement: float = typer.Option(0.99, min=0, max=1, help="Gate: task metric of the golden "
+                                                                            "outputs on the device."),
+               max_memory_mb: float = typer.Option(None, min=0, help="Gate: resident memory on the device, MB."),
+               reference: Path = typer.Option(None, exists=True, help="Model the golden outputs come from (e.g. "
+                                                                      "the fp32 source); default: MODEL itself."),
+               golden_inputs: Path = typer.Option(None, exists=True, help=".npz of real inputs named by input "
+                                                                          "(default: seeded synthetic inputs)."),
+               samples: int = typer.Option(8, min=1, max=256, help="Golden samples to keep."),
+               expires_days: float = typer.Option(90.0, min=0.001, help="Days until devices refuse the bundle."),
+               ) -> None:
+        """Bundle MODEL with its pipeline, gates and golden samples in a signed .edgebundle."""
+        from edgepilot.deploy.build import build
+        from edgepilot.deploy.bundle import Gates
+
+        m = build(model, out, key, version=version, target=target, pipeline=pipeline, name=name, engine=engine,
+                  task=task, reference=reference, golden_inputs=golden_inputs, samples=samples,
+                  expires_days=expires_days, gates=Gates(max_p95_ms=max_p95_ms, min_agreement=min_agreement,
+                                                         max_memory_mb=max_memory_mb))
+        typer.echo(f"{out}: {m.name} v{m.version} for {m.target}, {len(m.files)} files, {m.samples} golden "
+                   f"samples, expires {m.expires.date()}, signed by {m.key_id}")
+
+    @app.command()
+    def verify(path: Path = typer.Argument(..., exists=True, help="The .edgebundle to check."),
+               key: list[Path] = typer.Option([], help="Trusted public key (repeatable)."),
+               as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON.")) -> None:
+        """Check the signature, every file's sha256 and the archive's safety, as a device does."""
+        from edgepilot.deploy.bundle import extract
+
+        with tempfile.TemporaryDirectory() as tmp:
+            v = extract(path, Path(tmp) / "staging", _keys(key))
+        m = v.manifest
+        if as_json:
+            typer.echo(m.model_dump_json(indent=2))
+        else:
+            typer.echo(f"{path}: valid — {m.name} v{m.version} for {m.target}, signed by {v.signer}, "
+                       f"{len(m.files)} files verified, expires {m.expires.isoformat()}")
