@@ -1,6 +1,7 @@
 """`edgepilot keygen | bundle | verify | preflight | deploy-script | agent ...`: signed updates and the device side."""
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -75,3 +76,52 @@ def register(app: typer.Typer) -> None:
         else:
             typer.echo(f"{path}: valid — {m.name} v{m.version} for {m.target}, signed by {v.signer}, "
                        f"{len(m.files)} files verified, expires {m.expires.isoformat()}")
+
+    agent = typer.Typer(no_args_is_help=True, help="The device agent: A/B slots, gates re-checked here, rollback.")
+    app.add_typer(agent, name="agent")
+    state_opt = typer.Option(..., "--state", help="The agent's state folder (slots, current, state.json).")
+    key_opt = typer.Option([], "--key", help="Trusted public key (repeatable).")
+    engine_opt = typer.Option(None, help="Runtime to load models with (default: the bundle's).")
+
+    def _agent(state: Path, key: list[Path], engine: str | None = None):
+        from edgepilot.deploy.agent import Agent
+
+        return Agent(state, _keys(key), engine=engine)
+
+    def _print(data: dict) -> None:
+        typer.echo(json.dumps(data, indent=2, default=str))
+
+    @agent.command("install")
+    def agent_install(bundle_path: Path = typer.Argument(..., exists=True, help="The .edgebundle to install."),
+                      state: Path = state_opt, key: list[Path] = key_opt, engine: str = engine_opt) -> None:
+        """Verify, stage, trial and commit (or roll back) one bundle; exits 1 unless it committed."""
+        outcome = _agent(state, key, engine).install(bundle_path)
+        _print(outcome.to_dict())
+        if outcome.state != "COMMITTED":
+            raise typer.Exit(1)
+
+    @agent.command("status")
+    def agent_status(state: Path = state_opt) -> None:
+        """Recover the state folder if an update was interrupted, then print it."""
+        from edgepilot.deploy.agent import Agent
+
+        a = Agent(state, [])
+        _print({**a.state().model_dump(exclude={"history"}), "model": str(a.committed_model() or "")})
+
+    @agent.command("rollback")
+    def agent_rollback(state: Path = state_opt,
+                       reason: str = typer.Option("rolled back by hand", help="Recorded in the history.")) -> None:
+        """Switch back to the previous model in the other slot."""
+        from edgepilot.deploy.agent import Agent
+
+        _print(Agent(state, []).rollback(reason).to_dict())
+
+    @agent.command("watch")
+    def agent_watch(inbox: Path = typer.Option(..., help="Folder to install dropped .edgebundle files from."),
+                    state: Path = state_opt, key: list[Path] = key_opt, engine: str = engine_opt,
+                    interval: float = typer.Option(5.0, min=0.1, help="Seconds between looks at the inbox.")) -> None:
+        """Run as a service: install bundles as they arrive, feeding the systemd watchdog (sd_notify)."""
+        from edgepilot.deploy.agent import watch
+        from edgepilot.deploy.notify import notify
+
+        watch(_agent(state, key, engine), inbox, interval, notify=notify)

@@ -88,8 +88,8 @@ def trial(model_path: Path, golden_path: Path, task: str, gates, engine: str | N
     from edgepilot.evaluate import tasks
 
     result = TrialResult()
-    inputs, reference = load(golden_path)
     try:
+        inputs, reference = load(golden_path)
         model = Model.load(model_path)
         with open_session(model, engine) as session:
             for _ in range(warmup):
