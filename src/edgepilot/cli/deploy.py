@@ -17,6 +17,10 @@ def _keys(paths: list[Path]) -> list:
     return [load_public(p) for p in paths]
 
 
+def _print(data: dict) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def keygen(out: Path = typer.Argument(..., help="Private key file to write (its public key: OUT.pub).")) -> None:
@@ -77,6 +81,24 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"{path}: valid — {m.name} v{m.version} for {m.target}, signed by {v.signer}, "
                        f"{len(m.files)} files verified, expires {m.expires.isoformat()}")
 
+    @app.command()
+    def preflight(path: Path = typer.Argument(..., exists=True, help="The .edgebundle to check."),
+                  target: str = typer.Option(..., help="The board it goes to (see `edgepilot targets`)."),
+                  key: list[Path] = typer.Option([], help="Trusted public key (repeatable)."),
+                  state: Path = typer.Option(None, help="The device agent's state folder (the rollback slot)."),
+                  as_json: bool = typer.Option(False, "--json", help="Print the items as JSON.")) -> None:
+        """Run the deployment checklist on a bundle; exits 1 unless every item passes."""
+        from edgepilot.deploy.preflight import preflight as check
+
+        items = check(path, target, _keys(key), state)
+        if as_json:
+            _print({"ok": all(i.ok for i in items), "items": [i.__dict__ for i in items]})
+        else:
+            for i in items:
+                typer.echo(f"{'PASS' if i.ok else 'FAIL'}  {i.name}: {i.detail}")
+        if not all(i.ok for i in items):
+            raise typer.Exit(1)
+
     agent = typer.Typer(no_args_is_help=True, help="The device agent: A/B slots, gates re-checked here, rollback.")
     app.add_typer(agent, name="agent")
     state_opt = typer.Option(..., "--state", help="The agent's state folder (slots, current, state.json).")
@@ -87,9 +109,6 @@ def register(app: typer.Typer) -> None:
         from edgepilot.deploy.agent import Agent
 
         return Agent(state, _keys(key), engine=engine)
-
-    def _print(data: dict) -> None:
-        typer.echo(json.dumps(data, indent=2, default=str))
 
     @agent.command("install")
     def agent_install(bundle_path: Path = typer.Argument(..., exists=True, help="The .edgebundle to install."),
