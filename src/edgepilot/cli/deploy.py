@@ -144,3 +144,16 @@ def register(app: typer.Typer) -> None:
         from edgepilot.deploy.notify import notify
 
         watch(_agent(state, key, engine), inbox, interval, notify=notify)
+
+    @app.command("deploy-script")
+    def deploy_script(platform: str = typer.Option(..., help="raspberry-pi, jetson or generic."),
+                      out: Path = typer.Option(..., help="Folder to write the artifacts into."),
+                      prefix: str = typer.Option("/opt/edgepilot", help="Where the venv goes on the device."),
+                      state: str = typer.Option("/var/lib/edgepilot", help="Agent state, inbox and runtime work."),
+                      image: str = typer.Option("edgepilot-runtime:latest", help="Image the DaemonSet runs.")) -> None:
+        """Write install.sh, systemd units (Restart=, WatchdogSec= fed by sd_notify), a Dockerfile and a k3s
+        DaemonSet for PLATFORM."""
+        from edgepilot.deploy.artifacts import write_artifacts
+
+        for f in write_artifacts(platform, out, prefix=prefix, state=state, image=image):
+            typer.echo(str(f))

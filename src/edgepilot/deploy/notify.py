@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 
 
 def notify(message: str) -> bool:
@@ -21,27 +20,3 @@ def notify(message: str) -> bool:
             return False
     return True
 
-
-def watchdog_interval() -> float | None:
-    """Half of WatchdogSec= (systemd passes it as $WATCHDOG_USEC to the main process), or None when unset."""
-    usec = os.environ.get("WATCHDOG_USEC")
-    pid = os.environ.get("WATCHDOG_PID")
-    if not usec or (pid and pid != str(os.getpid())):
-        return None
-    return int(usec) / 2e6
-
-
-def keep_alive(healthy, stop: threading.Event) -> threading.Thread | None:
-    """Feed the watchdog from a thread while `healthy()` holds: a wedged process stops feeding and is restarted."""
-    interval = watchdog_interval()
-    if interval is None:
-        return None
-
-    def loop() -> None:
-        while not stop.wait(interval):
-            if healthy():
-                notify("WATCHDOG=1")
-
-    t = threading.Thread(target=loop, name="sd-watchdog", daemon=True)
-    t.start()
-    return t
