@@ -153,3 +153,14 @@ def test_sigkill_at_every_persistence_point_leaves_a_committed_model(kit, tmp_pa
             assert agent.install(kit["v2"]).state == "COMMITTED" and _consistent(agent) == 2
     print(f"kill points tested: {killed}")
     assert killed >= 10
+
+
+def test_the_device_side_never_imports_tensorflow_or_torch(kit, tmp_path):
+    code = ("import sys; from pathlib import Path; from edgepilot.deploy.agent import Agent; "
+            "from edgepilot.deploy.signing import load_public; "
+            f"out = Agent(Path({str(tmp_path / 's')!r}), [load_public(Path({str(kit['pub'])!r}))])"
+            f".install(Path({str(kit['v1'])!r})); "
+            "print(out.state, [m for m in ('tensorflow', 'torch', 'keras') if m in sys.modules])")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), *sys.path])}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert run.stdout.split() == ["COMMITTED", "[]"], run.stderr
