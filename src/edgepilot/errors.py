@@ -65,3 +65,10 @@ def missing_extra(package: str, extra: str) -> UnavailableError:
         f"the Python package '{package}' is not installed",
         hint=f"pip install 'edgepilot[{extra}]'",
     )
+
+
+class BundleError(EdgepilotError):
+    """An update bundle was refused: bad signature, tampered or unsafe contents, expired, a downgrade."""
+
+    exit_code = 2
+    http_status = 422

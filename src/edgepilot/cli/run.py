@@ -44,8 +44,15 @@ def register(app: typer.Typer) -> None:
         pipeline = Pipeline(cfg)
         for sig in (signal.SIGINT, signal.SIGTERM):  # finish what is in flight, flush sinks, then exit
             signal.signal(sig, lambda *_: pipeline.stop())
+        from edgepilot.deploy.notify import notify
+
+        def on_stats(s: dict) -> None:
+            sys.stderr.write(stats_line(s) + "\n")
+            notify("WATCHDOG=1")  # systemd's watchdog is fed by the pipeline's own loop, not by a side thread
+
+        notify("READY=1")
         summary = pipeline.run(duration=duration, max_items=max_items, stats_interval_s=stats_interval,
-                               on_stats=lambda s: sys.stderr.write(stats_line(s) + "\n"))
+                               on_stats=on_stats)
         sys.stderr.write(stats_line(summary) + "\n")
         if as_json:
             typer.echo(json.dumps(summary, indent=2, default=str))

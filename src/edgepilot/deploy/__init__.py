@@ -1,0 +1,1 @@
+"""Device updates: signed bundles, the A/B-slot agent, preflight checks and install artifacts."""
