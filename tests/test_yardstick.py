@@ -39,6 +39,6 @@ def test_estimates_state_their_basis():
 
 
 def test_default_threads_are_the_usable_cores():
-    from edgepilot.evaluate.yardstick import usable_cores
+    from edgepilot.engines.base import default_threads
 
-    assert measure().threads == usable_cores()
+    assert measure().threads == default_threads()

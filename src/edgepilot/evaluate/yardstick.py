@@ -9,6 +9,8 @@ import numpy as np
 import psutil
 from pydantic import BaseModel
 
+from edgepilot.engines.base import default_threads
+
 SIZE = 1024  # 3 × 4 MiB operands: past L2, and 2 GFLOP per product leaves thread start-up far behind
 WARMUP = 2
 MIN_REPEATS, MAX_REPEATS, BUDGET_S = 5, 30, 1.5
@@ -28,13 +30,6 @@ class Yardstick(BaseModel):
         return f"host {self.gflops:.1f} GFLOP/s fp32 ({threads}, matmul {SIZE}{busy})"
 
 
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
 def measure(threads: int | None = None) -> Yardstick:
     """fp32 matmul rate on `threads` BLAS threads (default: every core this process may use).
 
@@ -42,7 +37,7 @@ def measure(threads: int | None = None) -> Yardstick:
     pool, one unlucky time slice decides it). Here: warm-up products first, then the best of several
     1024×1024 products within a time budget, with the BLAS pool pinned to a stated thread count.
     """
-    limits, threads, pinned = _thread_limit(threads or usable_cores())
+    limits, threads, pinned = _thread_limit(threads or default_threads())
     rng = np.random.default_rng(0)
     a = rng.standard_normal((SIZE, SIZE), dtype=np.float32)
     b = rng.standard_normal((SIZE, SIZE), dtype=np.float32)
@@ -86,6 +81,6 @@ def _thread_limit(threads: int):
         from threadpoolctl import threadpool_limits
     except ImportError:
         env = os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
-        return (nullcontext(), int(env) if env and env.isdigit() else usable_cores(),
+        return (nullcontext(), int(env) if env and env.isdigit() else default_threads(),
                 "BLAS threads as numpy set them (threadpoolctl not installed)")
     return threadpool_limits(limits=threads, user_api="blas"), threads, "BLAS threads pinned with threadpoolctl"
