@@ -31,7 +31,14 @@ def create_app(repo: Repository, settings: ServerSettings | None = None,
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
+        grpc_server = None
+        if app.state.settings.grpc_port is not None:  # on this event loop: it shares the repository's schedulers
+            from edgepilot.serve import kserve_grpc
+
+            grpc_server = await kserve_grpc.start(app.state, app.state.settings)
         yield
+        if grpc_server is not None:
+            await grpc_server.stop(grace=10)  # requests in flight finish first
         repo.close()
         if app.state.monitor is not None:
             app.state.monitor.close()

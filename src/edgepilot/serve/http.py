@@ -23,6 +23,7 @@ class ServerSettings:
     request_timeout_s: float = 30.0  # longest wait for a result once the body is in (503)
     token: str | None = None  # bearer token for repository and management calls
     token_for_inference: bool = False  # also require it for inference and metadata
+    grpc_port: int | None = None  # KServe v2 over gRPC on this port too (same host)
 
 
 class BodyTooLarge(InputError):
@@ -64,9 +65,13 @@ async def read_body(request: Request, settings: ServerSettings) -> bytes:
 
 def check_token(request: Request, settings: ServerSettings, *, management: bool) -> None:
     """Management calls need the token when one is set; inference and metadata too if the server says so."""
+    check_authorization(request.headers.get("authorization", ""), settings, management=management)
+
+
+def check_authorization(given: str, settings: ServerSettings, *, management: bool) -> None:
+    """The same check on an `Authorization` value, wherever it came from (HTTP header, gRPC metadata)."""
     if settings.token is None or not (management or settings.token_for_inference):
         return
-    given = request.headers.get("authorization", "")
     scheme, _, value = given.partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), settings.token.encode()):
         raise Unauthorized("missing or wrong bearer token" if given else "this call needs a bearer token",
