@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from edgepilot.errors import EdgepilotError, InputError
+from edgepilot.serve.tensors import dumps_json
 
 
 @dataclass
@@ -79,8 +79,7 @@ def check_authorization(given: str, settings: ServerSettings, *, management: boo
 
 
 def json_response(content, status: int = 200, headers: dict | None = None) -> Response:
-    return Response(json.dumps(content, separators=(",", ":")), status_code=status, headers=headers,
-                    media_type="application/json")
+    return Response(dumps_json(content), status_code=status, headers=headers, media_type="application/json")
 
 
 def error_response(e: EdgepilotError) -> Response:
