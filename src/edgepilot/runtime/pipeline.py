@@ -28,6 +28,7 @@ from edgepilot.runtime.rules import RuleConfig, RuleEngine
 from edgepilot.runtime.scheduler import Scheduler, SchedulerConfig, plan_threads
 from edgepilot.runtime.sinks import SinkConfig, WebhookSink, WebhookSinkConfig, open_sink
 from edgepilot.runtime.sources import SourceConfig, open_source
+from edgepilot.runtime.sources.decoder_process import Stages
 from edgepilot.runtime.stages import PreprocessConfig, Preprocessor
 from edgepilot.runtime.stats import PipelineStats
 
@@ -146,6 +147,9 @@ class Pipeline:
         self.quality = QualityChecker(cfg.quality)
         self.rules = RuleEngine(cfg.rules, namespace=cfg.name)
         self.sources = [open_source(s) for s in cfg.sources]
+        for source in self.sources:
+            if hasattr(source, "attach") and not self.preprocess.vector:  # decode: process checks and preprocesses
+                source.attach(Stages(cfg.quality, cfg.preprocess, self.model.inputs[0]))
         ids = [s.id for s in self.sources]
         if len(set(ids)) != len(ids):
             raise ConfigError(f"sources need distinct ids: {ids}")
@@ -262,6 +266,12 @@ class Pipeline:
             return True
 
     def _submit(self, item: Item) -> None:
+        if item.meta.pop("preprocessed", False):  # checked and preprocessed in the decoder process
+            if n := item.meta.pop("skipped_quality_before", 0):
+                self.stats.count("skipped_quality", item.source, n)
+            self.stats.stage("preprocess", item.timings.get("preprocess", 0.0))
+            self.scheduler.submit(item)
+            return
         t0 = time.perf_counter()
         checked = self.quality.process(item)
         if checked is None:
@@ -286,6 +296,8 @@ class Pipeline:
             except Exception:  # the output thread must outlive any one item
                 log.exception("output stage failed on %s #%d", item.source, item.seq)
                 self.stats.count("errors", item.source)
+            finally:
+                item.done()
 
     def _deliver(self, item: Item) -> None:
         if item.error is None:
@@ -313,6 +325,7 @@ class Pipeline:
         self.stats.stage("sinks", time.perf_counter() - t0)
         if self.positions is not None and (at := self._by_id[item.source].position(item)) is not None:
             self.positions.record(item.source, at)  # after the sinks: a restart resumes after what they took
+        self.stats.stage("end_to_end", max(0.0, time.time() - item.ts))  # capture to published
         self.stats.completed()
 
     def _webhooks_for(self, item: Item) -> list[WebhookSink]:

@@ -94,6 +94,7 @@ class ItemQueue:
             if old.live:
                 del self._items[i]
                 self.stats.count("dropped", old.source)
+                old.done()
                 return True
         return False  # only file items queued: the live item waits like they do
 

@@ -82,6 +82,7 @@ class PipelineStats:
 
 def _percentiles(q: deque[float]) -> dict[str, float]:
     a = np.asarray(q) * 1e3
-    p50, p95 = np.percentile(a, [50, 95])
-    return {"p50": round(float(p50), 3), "p95": round(float(p95), 3), "mean": round(float(a.mean()), 3),
+    p50, p95, p99 = np.percentile(a, [50, 95, 99])
+    return {"p50": round(float(p50), 3), "p95": round(float(p95), 3), "p99": round(float(p99), 3),
+            "mean": round(float(a.mean()), 3),
             "n": len(a)}

@@ -72,8 +72,9 @@ class Broadcaster:
 
     def publish(self, item: Item) -> None:
         with self._lock:
-            if item.frame is not None:  # a reference, not a copy: the pipeline is done with the item
-                self._frames[item.source] = (item.seq, item.ts, item.frame)
+            if item.frame is not None:  # a view into a decoder's shared memory is reused once the item is done
+                frame = item.frame if item.frame.base is None else item.frame.copy()
+                self._frames[item.source] = (item.seq, item.ts, frame)
             self._events.extend({"type": e.kind, **e.to_dict()} for e in item.events)
             subs = [s for s in self._subs if s.source in (None, item.source)]
         if not subs:
