@@ -12,7 +12,7 @@ _PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 
 class OnnxRuntimeSession(Session):
-    def __init__(self, model: Model, threads: int, device: str):
+    def __init__(self, model: Model, threads: int, device: str, spin_wait: bool | None = None):
         ort = require("onnxruntime", "onnx")
         provider = _PROVIDERS.get(device)
         if provider not in ort.get_available_providers():
@@ -22,6 +22,8 @@ class OnnxRuntimeSession(Session):
         opts.intra_op_num_threads = self.threads = threads
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
+        if spin_wait is not None:  # spinning threads take the cores a decoder or post-processing needs
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_wait else "0")
         try:
             self._sess = ort.InferenceSession(str(model.path), opts, providers=[provider])
         except Exception as e:
@@ -47,4 +49,4 @@ class OnnxRuntimeEngine(Engine):
 
     def _open(self, model: Model, opts: EngineOptions) -> Session:
         # ONNX Runtime computes each operator in the type the model holds: `precision` does not apply.
-        return OnnxRuntimeSession(model, opts.threads or default_threads(), opts.device)
+        return OnnxRuntimeSession(model, opts.threads or default_threads(), opts.device, opts.spin_wait)

@@ -170,12 +170,13 @@ class Pipeline:
             self._open_sinks()
         spec = self.model.inputs[0]
         self.sessions, self.load_s, probe = open_sessions(self.model, cfg.model, workers, self.plan.model_threads,
-                                                          {spec.name: _fed_shape(self.preprocess, spec)})
+                                                          {spec.name: _fed_shape(self.preprocess, spec)},
+                                                          spin_wait=self.plan.spin_wait)
         self.postprocess.check({k: v[0] for k, v in probe.items()})  # a wrong decoder would publish garbage
         self.scheduler = Scheduler(self.sessions, cfg.scheduler, self.stats, emit=self._out.put)
-        log.info("pipeline %s: %s on %s, %d worker(s) x %d thread(s), %d source(s), loaded in %.2f s", cfg.name,
-                 Path(cfg.model.path).name, self.sessions[0].__class__.__name__, workers,
-                 self.plan.model_threads, len(self.sources), self.load_s)
+        log.info("pipeline %s: %s on %s, %s (scheduler: in the YAML), %d source(s), loaded in %.2f s", cfg.name,
+                 Path(cfg.model.path).name, self.sessions[0].__class__.__name__, self.plan.describe(),
+                 len(self.sources), self.load_s)
 
     def _open_sinks(self) -> None:
         cfg = self.cfg
@@ -368,7 +369,8 @@ class Pipeline:
         snap["quality"] = self.quality.stats()
         snap["rules"] = self.rules.stats()
         snap["threads"] = {"cores": self.plan.cores, "decode": self.plan.decode_threads,
-                           "workers": self.plan.workers, "model_threads": self.plan.model_threads}
+                           "workers": self.plan.workers, "model_threads": self.plan.model_threads,
+                           "spin_wait": self.plan.spin_wait}
         outbox = next((s.outbox for s in self.sinks if hasattr(s, "outbox")), None)
         if outbox is not None:
             snap["outbox"] = outbox.stats()
