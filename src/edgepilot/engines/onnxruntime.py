@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgepilot.engines.base import Engine, EngineOptions, Session, default_threads
-from edgepilot.errors import ModelError, RuntimeFailure, UnavailableError
+from edgepilot.errors import ModelError, RuntimeFailure, UnavailableError, first_line
 from edgepilot.model import Format, Model
 from edgepilot.optional import require
 
@@ -27,7 +27,7 @@ class OnnxRuntimeSession(Session):
         try:
             self._sess = ort.InferenceSession(str(model.path), opts, providers=[provider])
         except Exception as e:
-            raise ModelError(f"{model.path}: onnxruntime cannot load it ({str(e).splitlines()[0]})") from e
+            raise ModelError(f"{model.path}: onnxruntime cannot load it ({first_line(e)})") from e
         self.inputs, self.outputs = model.inputs, model.outputs
         self._output_names = [o.name for o in model.outputs]
         self._fail = RuntimeFailure
@@ -36,7 +36,7 @@ class OnnxRuntimeSession(Session):
         try:
             values = self._sess.run(self._output_names, feeds)
         except Exception as e:
-            raise self._fail(f"onnxruntime failed: {str(e).splitlines()[0]}") from e
+            raise self._fail(f"onnxruntime failed: {first_line(e)}") from e
         return dict(zip(self._output_names, values))
 
 
