@@ -197,7 +197,12 @@ class Repository:
 
 
 def _bundle_name(bundle: Path) -> str:
-    """<name>-v<version>.edgebundle from the bundle's manifest (read, not trusted: the device verifies it)."""
+    m = read_manifest(bundle)
+    return f"{m.name}-v{m.version}.edgebundle"
+
+
+def read_manifest(bundle: Path):
+    """The bundle's manifest, read to name and route it (not trusted: the device verifies the bundle)."""
     import tarfile
 
     from edgepilot.deploy.bundle import MANIFEST, Manifest
@@ -210,7 +215,7 @@ def _bundle_name(bundle: Path) -> str:
             m = Manifest.model_validate_json(tar.extractfile(first).read())
     except (tarfile.TarError, OSError, ValueError) as e:
         raise BundleError(f"{bundle}: unreadable bundle ({e})") from e
-    return f"{m.name}-v{m.version}.edgebundle"
+    return m
 
 
 def _new_key(folder: Path, role: str):
