@@ -145,7 +145,7 @@ def rollout(bundle: Path = typer.Argument(..., exists=True, dir_okay=False, help
     inv = Inventory(parse(broker), "controller").start()
     try:
         stop = _stop_on_signals()
-        devices = _settled(inv)
+        devices = inv.settled()
         rid, resumed = submit(store, repository, devices, bundle, selector=_selector(selector),
                               canary_pct=percent(canary), waves=[percent(w) for w in waves.split(",")],
                               observe_s=_duration(observe), install_timeout_s=_duration(install_timeout),
@@ -163,17 +163,6 @@ def rollout(bundle: Path = typer.Argument(..., exists=True, dir_okay=False, help
         raise typer.Exit(1)
 
 
-def _settled(inv, settle_s: float = 1.0) -> dict:
-    import time
-
-    seen, quiet = -1, time.monotonic()
-    while time.monotonic() - quiet < settle_s:
-        time.sleep(0.1)
-        if inv.received != seen:
-            seen, quiet = inv.received, time.monotonic()
-    return inv.devices()
-
-
 @fleet.command("controller")
 def controller(db: Path = db_opt, broker: str = broker_opt) -> None:
     """Resume every unfinished rollout in the database and drive them to the end."""
@@ -186,7 +175,7 @@ def controller(db: Path = db_opt, broker: str = broker_opt) -> None:
     rids = store.unfinished()
     inv = Inventory(parse(broker), "controller").start()
     try:
-        _settled(inv)
+        inv.settled()
         Controller(store, inv).run(rids, stop=_stop_on_signals())
     finally:
         inv.stop()

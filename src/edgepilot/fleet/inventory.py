@@ -85,6 +85,15 @@ class Inventory:
         with self._lock:
             return {k: dict(v) for k, v in self._devices.items()}
 
+    def settled(self, settle_s: float = 1.0, limit_s: float = 30.0) -> dict[str, dict]:
+        """The devices once no new one has appeared for `settle_s` (retained messages arrive in a burst)."""
+        seen, quiet_since, start = -1, time.monotonic(), time.monotonic()
+        while time.monotonic() - quiet_since < settle_s and time.monotonic() - start < limit_s:
+            time.sleep(0.1)
+            if len(self._devices) != seen:
+                seen, quiet_since = len(self._devices), time.monotonic()
+        return self.devices()
+
     def wait_for(self, predicate: Callable[[dict[str, dict]], bool], timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -98,12 +107,7 @@ def collect(cfg: MqttConfig, settle_s: float = 1.0) -> dict[str, dict]:
     """The fleet as the broker's retained messages tell it (waits until no new device arrived for `settle_s`)."""
     inv = Inventory(cfg, "status").start()
     try:
-        seen, quiet_since = -1, time.monotonic()
-        while time.monotonic() - quiet_since < settle_s:
-            time.sleep(0.1)
-            if inv.received != seen:
-                seen, quiet_since = inv.received, time.monotonic()
-        return inv.devices()
+        return inv.settled(settle_s)
     finally:
         inv.stop()
 
