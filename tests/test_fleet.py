@@ -172,3 +172,38 @@ def test_fleet_of_20_processes_promotes_good_stops_bad_and_resumes_after_kill(fl
     assert any("resumed" in e["event"] for e in out["events"])
     wait_fleet(fleet.port, ids, 4, timeout=60)
     assert [r["state"] for r in status(fleet.port, fleet.db)["rollouts"]] == ["promoted", "rolled_back", "promoted"]
+
+
+def fleet_cmd(*args: str) -> str:
+    run = subprocess.run([*EXE, "fleet", *args], capture_output=True, env=_env(), timeout=60)
+    assert run.returncode == 0, run.stderr.decode()
+    return run.stdout.decode()
+
+
+def test_pause_resume_abort_rolls_the_canary_back(fleet):
+    ids = fleet.agents(processes=1, per_process=4)
+    wait_fleet(fleet.port, ids, 1)
+    proc = fleet.rollout(fleet_bundle(fleet.tmp, fleet.key, 2), "--canary", "25%", "--observe", "120s")
+    db = sqlite3.connect(str(fleet.db), timeout=30)
+
+    def stage0() -> str | None:
+        try:
+            row = db.execute("SELECT state FROM stages WHERE rollout = 1 AND idx = 0").fetchone()
+        except sqlite3.OperationalError:  # the controller has not made its tables yet
+            return None
+        return row[0] if row else None
+
+    deadline = time.monotonic() + 60
+    while stage0() != "observing" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert stage0() == "observing"
+    assert "paused" in fleet_cmd("pause", "1", "--db", str(fleet.db))
+    assert "running" in fleet_cmd("resume", "1", "--db", str(fleet.db))
+    assert "aborting" in fleet_cmd("abort", "1", "--db", str(fleet.db))
+    code, out = finish(proc, timeout=60)
+    assert code == 1 and out["state"] == "aborted"
+    events = [e["event"] for e in out["events"]]
+    assert "pause requested" in events and "resume requested" in events and any("rollback sent" in e for e in events)
+    devices = wait_fleet(fleet.port, ids, 1, timeout=30)
+    canary = out["stages"][0]["devices"]
+    assert all(devices[i]["update"]["state"] == "ROLLED_BACK" and devices[i]["highest"] == 2 for i in canary)

@@ -136,10 +136,14 @@ class Device:
                 else:
                     self._update(str(cmd.get("target", "")), version, rollout)
             elif info is not None and info.version == version:
-                out = self.agent.rollback(f"rolled back by the fleet controller (rollout {rollout})")
-                self.health = Health(self.host.cfg.window)
-                self.last_update = {"state": "ROLLED_BACK", "version": version, "rollout": rollout,
-                                    "reason": out.reason, "to": out.version}
+                try:
+                    out = self.agent.rollback(f"rolled back by the fleet controller (rollout {rollout})")
+                except EdgepilotError as e:  # no previous model to go back to: say so, keep running this one
+                    self.last_update = {"state": "FAILED", "version": version, "rollout": rollout, "reason": str(e)}
+                else:
+                    self.health = Health(self.host.cfg.window)
+                    self.last_update = {"state": "ROLLED_BACK", "version": version, "rollout": rollout,
+                                        "reason": out.reason, "to": out.version}
             else:
                 self.last_update = {"state": "ROLLED_BACK", "version": version, "rollout": rollout,
                                     "reason": "not running this version"}
