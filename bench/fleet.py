@@ -189,17 +189,22 @@ def main() -> None:
         results["agent_hosts"] = [u.stop() for u in host_usage]
         results["broker"] = broker_usage.stop()
         results["broker"]["connections"] = counters.values.get("clients/connected")
+        out = ROOT / "bench" / "results"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "fleet.json").write_text(json.dumps(results, indent=2) + "\n")
+        (out / "fleet.md").write_text(markdown(results))
+        print(markdown(results))
+        t1 = time.time()
         for p in hosts:
             p.terminate()
         for p in hosts:
-            p.wait(60)
+            try:
+                p.wait(120)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        print(f"hosts shut down in {time.time() - t1:.1f} s")
         served.close()
         mq.stop()
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "fleet.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "fleet.md").write_text(markdown(results))
-    print(markdown(results))
 
 
 def _cpu() -> str:

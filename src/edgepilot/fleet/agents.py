@@ -100,10 +100,8 @@ class Device:
                                   keepalive=self.host.cfg.broker.keepalive_s)
         self.client.loop_start()
 
-    def stop(self) -> None:
-        self.client.publish(status_topic(self.id), b"offline", qos=1, retain=True).wait_for_publish(2)
-        self.client.loop_stop()
-        self.client.disconnect()
+    def say_offline(self):
+        return self.client.publish(status_topic(self.id), b"offline", qos=1, retain=True)
 
     def _on_connect(self, client, userdata, flags, reason, properties) -> None:
         client.subscribe(cmd_topic(self.id), qos=1)
@@ -261,8 +259,18 @@ class Host:
                     d.publish()
                 stop.wait(max(0.0, self.cfg.interval_s - (time.monotonic() - t0)))
         finally:
-            for d in self.devices:
-                d.stop()
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        """Say offline, then disconnect every device at once (one at a time waits out each network loop)."""
+        sent = [d.say_offline() for d in self.devices]
+        deadline = time.monotonic() + 5
+        for info in sent:
+            info.wait_for_publish(max(0.01, deadline - time.monotonic()))
+        for d in self.devices:
+            d.client.disconnect()
+        for d in self.devices:
+            d.client.loop_stop()
 
     def _worker(self, stop: threading.Event) -> None:
         while not stop.is_set():
