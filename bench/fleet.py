@@ -188,6 +188,8 @@ def main() -> None:
         results["bad_slower"] = rollout(tmp, mq.port, fleet_bundle(tmp, key, 3, kind="slow"), counters, args.observe)
         results["agent_hosts"] = [u.stop() for u in host_usage]
         results["broker"] = broker_usage.stop()
+        results["run_wall_s"] = round(time.time() - t0, 1)
+        results["broker"]["cpu_pct_of_one_core"] = round(results["broker"]["cpu_s"] / results["run_wall_s"] * 100, 2)
         results["broker"]["connections"] = counters.values.get("clients/connected")
         out = ROOT / "bench" / "results"
         out.mkdir(parents=True, exist_ok=True)
@@ -239,7 +241,8 @@ def markdown(r: dict) -> str:
                      f" / {x['broker_messages_out_per_s']} |")
     bad = r["bad_slower"]
     lines += ["", f"Bad bundle stopped in the canary: {'; '.join(bad['canary_reasons'] or [])}.", "",
-              f"Broker (mosquitto) over the whole run: {r['broker']['cpu_s']} CPU s, peak RSS "
+              f"Broker (mosquitto) over the whole run ({r['run_wall_s']} s): {r['broker']['cpu_s']} CPU s "
+              f"({r['broker']['cpu_pct_of_one_core']} % of one core), peak RSS "
               f"{r['broker']['peak_rss_mb']} MB. Agent hosts: "
               + ", ".join(f"{h['cpu_s']} CPU s / {h['peak_rss_mb']} MB" for h in r["agent_hosts"]) + ".", ""]
     return "\n".join(lines)
