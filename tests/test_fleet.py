@@ -118,6 +118,9 @@ def test_good_bundle_promoted_in_waves_and_status_shows_it(fleet):
     assert {d["device"]: d["version"] for d in shown["devices"]} == {i: 2 for i in ids}
     assert all(d["online"] for d in shown["devices"])
     assert shown["rollouts"][0]["state"] == "promoted"
+    table = fleet_cmd("status", "--broker", f"127.0.0.1:{fleet.port}", "--db", str(fleet.db))
+    assert "6 device(s), 6 online" in table and all(i in table for i in ids)
+    assert "rollout 1: app v2 for rpi4 — promoted" in table
 
 
 def test_last_will_marks_a_killed_agent_offline(fleet):
@@ -207,3 +210,21 @@ def test_pause_resume_abort_rolls_the_canary_back(fleet):
     devices = wait_fleet(fleet.port, ids, 1, timeout=30)
     canary = out["stages"][0]["devices"]
     assert all(devices[i]["update"]["state"] == "ROLLED_BACK" and devices[i]["highest"] == 2 for i in canary)
+
+
+def test_a_light_mode_device_installs_and_measures_without_tensorflow_or_torch(tmp_path):
+    key, pub = keys(tmp_path)
+    repo = Repository.init(tmp_path / "repo")
+    initial = fleet_bundle(tmp_path, key, 1)
+    code = (
+        "import sys; from pathlib import Path; from edgepilot.deploy.signing import load_public; "
+        "from edgepilot.fleet.agents import Host, HostConfig; from edgepilot.fleet.protocol import broker; "
+        f"cfg = HostConfig(broker=broker('127.0.0.1:1'), repo_url='http://127.0.0.1:1', "
+        f"root=Path({str(repo.metadata / '1.root.json')!r}).read_bytes(), keys=[load_public(Path({str(pub)!r}))], "
+        f"state=Path({str(tmp_path / 'devices')!r}), device_class='rpi4', ids=['d1'], "
+        f"initial=Path({str(initial)!r})); "
+        "d = Host(cfg).devices[0]; d.install_initial(); d.measure(5); h = d.health.summary(); "
+        "print(d.agent.state().committed().version, h['inferences'], h['p95_ms'] > 0, 0 < h['confidence'] <= 1, "
+        "[m for m in ('tensorflow', 'torch', 'keras') if m in sys.modules])")
+    run = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=120)
+    assert run.stdout.split() == ["1", "5", "True", "True", "[]"], run.stderr[-2000:]
