@@ -132,3 +132,20 @@ def test_root_key_rotation_followed_and_the_retired_key_refused(repo):
     forged.to_file(str(repo.metadata / "4.root.json"))
     with pytest.raises(BundleError, match="UnsignedMetadataError"):
         client(repo, served, tmp).fetch(path)
+
+
+def test_expired_timestamp_refused_until_the_repository_is_refreshed(tmp_path):
+    from edgepilot.fleet.repository import Expiry
+
+    key, _ = keys(tmp_path)
+    stale = Repository.init(tmp_path / "repo", expiry=Expiry(timestamp=-1))  # every publish already expired
+    path = stale.add_bundle(fleet_bundle(tmp_path, key, 1), "rpi4")
+    served = Served(tmp_path / "repo")
+    try:
+        with pytest.raises(BundleError, match="ExpiredMetadataError"):  # a frozen repository
+            client(stale, served, tmp_path).fetch(path)
+        fresh = Repository(tmp_path / "repo", Expiry(targets=1000))
+        assert sorted(fresh.refresh()) == ["class-rpi4", "targets"]  # within half of 1,000 days of expiring
+        assert client(fresh, served, tmp_path).fetch(path).is_file()
+    finally:
+        served.close()

@@ -36,6 +36,15 @@ def _selector(items: list[str]) -> dict[str, str]:
     return out
 
 
+def _existing(db: Path):
+    from edgepilot.errors import ConfigError
+    from edgepilot.fleet.rollout import Store
+
+    if not db.is_file():
+        raise ConfigError(f"--db {db}: no rollouts database there", hint="give the --db that `fleet rollout` used")
+    return Store(db)
+
+
 def _stop_on_signals() -> threading.Event:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -73,6 +82,16 @@ def repo_init(repo: Path = repo_opt) -> None:
     r = Repository.init(repo)
     typer.echo(f"{repo}: TUF repository created; ship {r.metadata / '1.root.json'} to the agents; keep "
                f"{r.keys} secret")
+
+
+@fleet.command("repo-refresh")
+def repo_refresh(repo: Path = repo_opt) -> None:
+    """Re-sign the timestamp and snapshot (and targets roles near expiry); run it daily: agents refuse an
+    expired timestamp."""
+    from edgepilot.fleet.repository import Repository
+
+    renewed = Repository(repo).refresh()
+    typer.echo(f"{repo}: new snapshot and timestamp" + (f"; re-signed {', '.join(renewed)}" if renewed else ""))
 
 
 @fleet.command("serve-repo")
@@ -169,9 +188,8 @@ def controller(db: Path = db_opt, broker: str = broker_opt) -> None:
     from edgepilot.fleet.controller import Controller
     from edgepilot.fleet.inventory import Inventory
     from edgepilot.fleet.protocol import broker as parse
-    from edgepilot.fleet.rollout import Store
 
-    store = Store(db)
+    store = _existing(db)
     rids = store.unfinished()
     inv = Inventory(parse(broker), "controller").start()
     try:
@@ -186,9 +204,7 @@ def controller(db: Path = db_opt, broker: str = broker_opt) -> None:
 def _request(action: str):
     def command(rollout_id: int = typer.Argument(..., help="The rollout id (see `fleet rollouts`)."),
                 db: Path = db_opt) -> None:
-        from edgepilot.fleet.rollout import Store
-
-        typer.echo(f"rollout {rollout_id}: {Store(db).request(rollout_id, action)}")
+        typer.echo(f"rollout {rollout_id}: {_existing(db).request(rollout_id, action)}")
 
     command.__doc__ = {"pause": "Hold a rollout where it is (a resumed one observes a fresh window).",
                        "resume": "Continue a paused rollout.",
@@ -204,9 +220,7 @@ for _action in ("pause", "resume", "abort"):
 def rollouts(rollout_id: int = typer.Argument(None, help="One rollout (default: all)."), db: Path = db_opt,
              as_json: bool = typer.Option(False, "--json", help="Print JSON (with the events).")) -> None:
     """Rollouts, their stages, each decision and its numbers."""
-    from edgepilot.fleet.rollout import Store
-
-    store = Store(db)
+    store = _existing(db)
     for rid in [rollout_id] if rollout_id else store.all():
         _print_rollout(store.summary(rid), as_json)
 

@@ -163,6 +163,25 @@ class Repository:
         self._publish(snapshot_meta={**{k: v.version for k, v in meta.items()}, **changed})
         return path
 
+    def refresh(self, margin: float = 0.5) -> list[str]:
+        """Re-sign what expires within `margin` of its validity (targets and class roles), then publish a new
+        snapshot and timestamp: run it well inside the timestamp's validity (a cron job, or every rollout),
+        since agents refuse an expired timestamp (a frozen repository). Returns the roles re-signed."""
+        meta = {k: v.version for k, v in self.snapshot().signed.meta.items()}
+        soon = datetime.now(timezone.utc) + timedelta(days=self.expiry.targets * margin)
+        renewed = []
+        for file in meta:
+            role = file.removesuffix(".json")
+            md_ = self.role(role)
+            if md_.signed.expires <= soon:
+                md_.signed.version += 1
+                md_.signed.expires = _in(self.expiry.targets)
+                _write(self.metadata / f"{md_.signed.version}.{role}.json", md_, [self._signer(role)])
+                meta[file] = md_.signed.version
+                renewed.append(role)
+        self._publish(snapshot_meta=meta)
+        return renewed
+
     def rotate_root(self, role: str = "root", root_expires: datetime | None = None) -> int:
         """Replace `role`'s key with a new one in a new root version, signed by the old and the new root keys;
         returns the new root version."""
