@@ -228,3 +228,47 @@ def test_a_light_mode_device_installs_and_measures_without_tensorflow_or_torch(t
         "[m for m in ('tensorflow', 'torch', 'keras') if m in sys.modules])")
     run = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=120)
     assert run.stdout.split() == ["1", "5", "True", "True", "[]"], run.stderr[-2000:]
+
+
+PIPELINE = """\
+name: app
+model: {path: placeholder.onnx}
+sources:
+  - {type: sensor, id: s1, path: readings.csv}
+preprocess: {fields: [a, b, c, d, e, f, g, h]}
+rules:
+  - name: anomaly
+    when: {label: "3", min_confidence: 0.7}
+    actions: [alert]
+"""
+
+
+def test_remote_configuration_rolls_out_as_a_bundle_with_the_same_model(fleet):
+    import yaml
+
+    from edgepilot.errors import BundleError, ConfigError
+    from edgepilot.fleet.config import reconfigure
+
+    ids = fleet.agents(processes=1, per_process=2)
+    wait_fleet(fleet.port, ids, 1)
+    (fleet.tmp / "pipeline.yaml").write_text(PIPELINE)
+    cfg = fleet.tmp / "config-v2.edgebundle"
+    said = fleet_cmd("config", str(fleet.initial), "--pipeline", str(fleet.tmp / "pipeline.yaml"),
+                     "--key", str(fleet.key), "--version", "2", "--out", str(cfg))
+    assert "new pipeline.yaml" in said
+    with pytest.raises(ConfigError, match="not above"):
+        reconfigure(fleet.initial, fleet.tmp / "pipeline.yaml", fleet.key, 1, fleet.tmp / "x.edgebundle")
+    other, _ = keys(fleet.tmp, "other")
+    with pytest.raises(BundleError, match="signature"):  # only the key that signed the base re-signs it
+        reconfigure(fleet.initial, fleet.tmp / "pipeline.yaml", other, 3, fleet.tmp / "y.edgebundle")
+    code, out = finish(fleet.rollout(cfg, "--canary", "50%", "--waves", "100", "--observe", "1s"))
+    assert code == 0 and out["state"] == "promoted", out
+    devices = wait_fleet(fleet.port, ids, 2, timeout=30)
+    for i in ids:
+        slot = fleet.tmp / "devices" / i / "agent" / "slots" / devices[i]["active"]
+        other_slot = fleet.tmp / "devices" / i / "agent" / "slots" / ("a" if devices[i]["active"] == "b" else "b")
+        applied = yaml.safe_load((slot / "pipeline.yaml").read_text())
+        assert applied["rules"][0]["when"]["min_confidence"] == 0.7
+        assert applied["model"]["path"].startswith("model/") and (slot / applied["model"]["path"]).is_file()
+        model = applied["model"]["path"]
+        assert (slot / model).read_bytes() == (other_slot / model).read_bytes()  # the same model, v1 kept

@@ -94,6 +94,22 @@ def repo_refresh(repo: Path = repo_opt) -> None:
     typer.echo(f"{repo}: new snapshot and timestamp" + (f"; re-signed {', '.join(renewed)}" if renewed else ""))
 
 
+@fleet.command("config")
+def config(base: Path = typer.Argument(..., exists=True, dir_okay=False, help="The bundle the devices run."),
+           pipeline: Path = typer.Option(..., exists=True, help="The new pipeline YAML (parameters, thresholds, "
+                                                                "rules)."),
+           key: Path = typer.Option(..., exists=True, help="The private key that signed BASE."),
+           version: int = typer.Option(..., min=1, help="The new version (above BASE's)."),
+           out: Path = typer.Option(..., help="Bundle to write."),
+           expires_days: float = typer.Option(90.0, min=0.001, help="Days until devices refuse it.")) -> None:
+    """Remote configuration: BASE's model and golden samples with a new pipeline config, as a signed bundle to
+    roll out like any other."""
+    from edgepilot.fleet.config import reconfigure
+
+    m = reconfigure(base, pipeline, key, version, out, expires_days)
+    typer.echo(f"{out}: {m.name} v{m.version} for {m.target} — {m.model} as in {base.name}, new pipeline.yaml")
+
+
 @fleet.command("serve-repo")
 def serve_repo(repo: Path = repo_opt, host: str = typer.Option("0.0.0.0", help="Address to listen on."),
                port: int = typer.Option(8700, help="Port.")) -> None:
