@@ -67,3 +67,24 @@ def test_store_records_and_requests(tmp_path):
     s = again.summary(rid)
     assert s["state"] == "aborting" and [st["devices"] for st in s["stages"]] == [["a"], ["b", "c"]]
     assert [e["event"] for e in s["events"]][-1] == "abort requested"
+
+
+def test_submit_selects_the_bundle_class_and_the_selector_and_resumes_the_same_bundle(tmp_path):
+    from deploy_helpers import keys
+    from edgepilot.fleet.controller import submit
+    from edgepilot.fleet.repository import Repository
+    from fleet_helpers import fleet_bundle
+
+    key, _ = keys(tmp_path)
+    repo = Repository.init(tmp_path / "repo")
+    store = Store(tmp_path / "fleet.db")
+    devices = {"a1": {"target": "rpi4", "site": "north"}, "a2": {"target": "rpi4", "site": "south"},
+               "a3": {"target": "rpi4", "site": "north"}, "j1": {"target": "jetson-orin-nano", "site": "north"}}
+    bundle = fleet_bundle(tmp_path, key, 2)
+    kw = dict(canary_pct=50, waves=[100], observe_s=1)
+    rid, resumed = submit(store, repo, devices, bundle, selector={"site": "north"}, **kw)
+    assert not resumed and [s["devices"] for s in store.stages(rid)] == [["a1"], ["a3"]]
+    assert store.spec(rid).target in repo.listing()
+    assert submit(store, repo, devices, bundle, selector={}, **kw) == (rid, True)  # same bundle: resumed
+    with pytest.raises(ConfigError, match="no device of class 'rpi4'"):
+        submit(store, repo, devices, fleet_bundle(tmp_path, key, 3), selector={"site": "east"}, **kw)
