@@ -173,11 +173,11 @@ def rollout(bundle: Path = typer.Argument(..., exists=True, dir_okay=False, help
     from edgepilot.fleet.controller import Controller, submit
     from edgepilot.fleet.inventory import Inventory
     from edgepilot.fleet.protocol import broker as parse
-    from edgepilot.fleet.repository import Repository
+    from edgepilot.fleet.repository import Repository, read_manifest
     from edgepilot.fleet.rollout import Criteria, Store, percent
 
     store, repository = Store(db), Repository(repo)
-    inv = Inventory(parse(broker), "controller").start()
+    inv = Inventory(parse(broker), "controller", classes=[read_manifest(bundle).target]).start()
     try:
         stop = _stop_on_signals()
         devices = inv.settled()
@@ -207,7 +207,8 @@ def controller(db: Path = db_opt, broker: str = broker_opt) -> None:
 
     store = _existing(db)
     rids = store.unfinished()
-    inv = Inventory(parse(broker), "controller").start()
+    classes = sorted({store.spec(r).device_class for r in rids})
+    inv = Inventory(parse(broker), "controller", classes=classes or None).start()
     try:
         inv.settled()
         Controller(store, inv).run(rids, stop=_stop_on_signals())

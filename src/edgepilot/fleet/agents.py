@@ -90,7 +90,7 @@ class Device:
         self.lock = threading.Lock()  # one update at a time; the health loop skips a device mid-update
         self.client = make_client(cfg.broker.model_copy(update={"client_id": f"edgepilot-dev-{device_id}"}),
                                   "device")
-        self.client.will_set(status_topic(device_id), b"offline", qos=1, retain=True)
+        self.client.will_set(status_topic(cfg.device_class, device_id), b"offline", qos=1, retain=True)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(0.2, 5)
@@ -101,11 +101,11 @@ class Device:
         self.client.loop_start()
 
     def say_offline(self):
-        return self.client.publish(status_topic(self.id), b"offline", qos=1, retain=True)
+        return self.client.publish(status_topic(self.host.cfg.device_class, self.id), b"offline", qos=1, retain=True)
 
     def _on_connect(self, client, userdata, flags, reason, properties) -> None:
-        client.subscribe(cmd_topic(self.id), qos=1)
-        client.publish(status_topic(self.id), b"online", qos=1, retain=True)
+        client.subscribe(cmd_topic(self.host.cfg.device_class, self.id), qos=1)
+        client.publish(status_topic(self.host.cfg.device_class, self.id), b"online", qos=1, retain=True)
         self.publish()
 
     def _on_message(self, client, userdata, msg) -> None:
@@ -210,7 +210,7 @@ class Device:
             "update": self.last_update, "health": {**self.health.summary(), "version": info.version if info else None},
             "at": time.time(),
         }
-        self.client.publish(state_topic(self.id), json.dumps(body), qos=1, retain=True)
+        self.client.publish(state_topic(self.host.cfg.device_class, self.id), json.dumps(body), qos=1, retain=True)
 
 
 class Host:

@@ -72,10 +72,10 @@ class Controller:
                     w[group].setdefault(device, []).append(health)
 
     # -- commands -------------------------------------------------------------------------------------------
-    def _send(self, rid: int, device: str, cmd: dict, force: bool = False) -> None:
+    def _send(self, rid: int, spec: RolloutSpec, device: str, cmd: dict, force: bool = False) -> None:
         last = self._sent.get((rid, device), 0.0)
         if force or time.monotonic() - last >= self.resend_s:
-            self.inv.client.publish(cmd_topic(device), json.dumps({**cmd, "rollout": rid}), qos=1)
+            self.inv.client.publish(cmd_topic(spec.device_class, device), json.dumps({**cmd, "rollout": rid}), qos=1)
             self._sent[(rid, device)] = time.monotonic()
 
     # -- the state machine ----------------------------------------------------------------------------------
@@ -87,7 +87,7 @@ class Controller:
             return True
         spec = self.store.spec(rid)
         stages = self.store.stages(rid)
-        devices = self.inv.devices()
+        devices = self.inv  # looked up per device: a step never copies the whole fleet
         if state == "paused":
             self._windows.pop(rid, None)  # a resumed rollout observes a fresh window
             return False
@@ -99,13 +99,13 @@ class Controller:
         st = stages[i]
         if st["state"] == "pending":
             for d in st["devices"]:
-                self._send(rid, d, {"op": "update", "target": spec.target, "version": spec.version}, force=True)
+                self._send(rid, spec, d, {"op": "update", "target": spec.target, "version": spec.version}, force=True)
             self.store.set_stage(rid, i, state="delivering", sent=time.time())
             self.store.event(rid, f"stage {i}: update sent to {len(st['devices'])} device(s)")
         elif st["state"] == "delivering":
             waiting = [d for d in st["devices"] if _outcome(devices.get(d), spec, rid) is None]
             for d in waiting:
-                self._send(rid, d, {"op": "update", "target": spec.target, "version": spec.version})
+                self._send(rid, spec, d, {"op": "update", "target": spec.target, "version": spec.version})
             if not waiting or time.time() - st["sent"] > spec.install_timeout_s:
                 self.store.set_stage(rid, i, state="observing", observe_start=time.time())
                 self.store.event(rid, f"stage {i}: delivered ({len(waiting)} without an answer); observing "
@@ -160,7 +160,7 @@ class Controller:
     def _start_rollback(self, rid, spec, stages, i, reason: str, final: str) -> bool:
         updated, _ = self._split(stages, i)
         for d in updated:
-            self._send(rid, d, {"op": "rollback", "version": spec.version}, force=True)
+            self._send(rid, spec, d, {"op": "rollback", "version": spec.version}, force=True)
         self.store.set_rollout(rid, state="rolling_back", reason=f"{final}: {reason}")
         self.store.event(rid, f"rollback sent to {len(updated)} device(s)")
         return False
@@ -169,7 +169,7 @@ class Controller:
         updated, _ = self._split(stages, row["stage"])
         left = [d for d in updated if (devices.get(d) or {}).get("version") == spec.version]
         for d in left:
-            self._send(rid, d, {"op": "rollback", "version": spec.version})
+            self._send(rid, spec, d, {"op": "rollback", "version": spec.version})
         final = "aborted" if (row["reason"] or "").startswith("aborted") else "rolled_back"
         if not left or time.time() - row["updated"] > ROLLBACK_TIMEOUT_S:
             self.store.set_rollout(rid, state=final)

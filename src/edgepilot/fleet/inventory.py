@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from edgepilot.fleet.protocol import PREFIX, device_of
+from edgepilot.fleet.protocol import device_of, subscription
 from edgepilot.runtime.mqtt import MqttConfig, make_client
 
 log = logging.getLogger(__name__)
@@ -19,8 +19,9 @@ class Inventory:
     """Subscribes to every device's state and status; `devices()` is the latest of each, `on_state` hooks
     see every state message as it arrives (the controller's health samples)."""
 
-    def __init__(self, cfg: MqttConfig, role: str = "inventory") -> None:
+    def __init__(self, cfg: MqttConfig, role: str = "inventory", classes: list[str] | None = None) -> None:
         self.cfg = cfg
+        self.classes = classes or [None]  # None: every class
         self._devices: dict[str, dict] = {}
         self._lock = threading.Lock()
         self.on_state: list[Callable[[str, dict], None]] = []
@@ -47,15 +48,14 @@ class Inventory:
         self.client.disconnect()
 
     def _on_connect(self, client, userdata, flags, reason, properties) -> None:
-        client.subscribe(f"{PREFIX}/+/state", qos=1)
-        client.subscribe(f"{PREFIX}/+/status", qos=1)
+        client.subscribe([(subscription(kind, c), 1) for c in self.classes for kind in ("state", "status")])
         self._connected.set()
 
     def _on_message(self, client, userdata, msg) -> None:
         found = device_of(msg.topic)
         if found is None:
             return
-        device, kind = found
+        device_class, device, kind = found
         self.received += 1
         if not msg.payload:  # a cleared retained topic: the device was removed
             with self._lock:
@@ -64,7 +64,8 @@ class Inventory:
         try:
             if kind == "status":
                 with self._lock:
-                    self._devices.setdefault(device, {"device": device})["online"] = msg.payload == b"online"
+                    entry = self._devices.setdefault(device, {"device": device, "target": device_class})
+                    entry["online"] = msg.payload == b"online"
                 return
             if kind != "state":
                 return
@@ -75,11 +76,18 @@ class Inventory:
             log.warning("%s: unreadable message (%s)", msg.topic, e)
             return
         body["device"], body["received"] = device, time.time()
+        body.setdefault("target", device_class)
         with self._lock:
             online = self._devices.get(device, {}).get("online")
             self._devices[device] = {**body, "online": online if online is not None else True}
         for hook in self.on_state:
             hook(device, body)
+
+    def get(self, device: str) -> dict | None:
+        """One device's latest record (a copy), without copying the whole fleet."""
+        with self._lock:
+            found = self._devices.get(device)
+            return dict(found) if found is not None else None
 
     def devices(self) -> dict[str, dict]:
         with self._lock:
