@@ -55,10 +55,25 @@ def slow_classifier(path: Path, seed: int = 0, size: int = 384, rounds: int = 4)
     return path
 
 
+def flat_classifier(path: Path, seed: int = 0) -> Path:
+    """As fast as the good one, but its outputs are nearly uniform: wrong answers, low confidence."""
+    import onnx
+    from onnx import numpy_helper
+
+    classifier(path, seed)
+    model = onnx.load(str(path))
+    for init in model.graph.initializer:
+        init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(0.01), init.name))
+    onnx.save(model, str(path))
+    return path
+
+
 def fleet_bundle(tmp: Path, key: Path, version: int, kind: str = "good", target: str = "rpi4") -> Path:
-    """A signed bundle for `target`: a good tiny classifier, or a `slow` one."""
+    """A signed bundle for `target`: a good tiny classifier, a `slow` one or a `flat` (wrong outputs) one."""
     if kind == "slow":
         model = slow_classifier(tmp / f"slow-v{version}.onnx", seed=version)
+    elif kind == "flat":
+        model = flat_classifier(tmp / f"flat-v{version}.onnx", seed=version)
     else:
         model = classifier(tmp / f"model-{target}-v{version}.onnx", seed=version)
     out = tmp / f"app-{target}-v{version}.edgebundle"

@@ -272,3 +272,19 @@ def test_remote_configuration_rolls_out_as_a_bundle_with_the_same_model(fleet):
         assert applied["model"]["path"].startswith("model/") and (slot / applied["model"]["path"]).is_file()
         model = applied["model"]["path"]
         assert (slot / model).read_bytes() == (other_slot / model).read_bytes()  # the same model, v1 kept
+
+
+def test_wrong_outputs_stopped_in_the_canary_by_confidence_shift(fleet):
+    ids = fleet.agents(processes=1, per_process=4)
+    wait_fleet(fleet.port, ids, 1)
+    code, out = finish(fleet.rollout(fleet_bundle(fleet.tmp, fleet.key, 2, kind="flat"), "--canary", "25%",
+                                     "--waves", "50,100", "--observe", "2s"))
+    assert code == 1 and out["state"] == "rolled_back", out
+    canary = out["stages"][0]
+    reasons = canary["decision"]["reasons"]
+    assert len(reasons) == 1 and reasons[0].startswith("mean top-1 confidence"), reasons  # as fast, but wrong
+    assert canary["decision"]["canary"]["confidence"] < 0.3 < canary["decision"]["control"]["confidence"]
+    devices = wait_fleet(fleet.port, ids, 1, timeout=30)
+    assert [devices[i]["update"]["state"] for i in canary["devices"]] == ["ROLLED_BACK"]
+    assert all(devices[i]["update"] is None or devices[i]["update"]["version"] != 2 for i in ids
+               if i not in canary["devices"])
