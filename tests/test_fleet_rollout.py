@@ -79,12 +79,14 @@ def test_submit_selects_the_bundle_class_and_the_selector_and_resumes_the_same_b
     repo = Repository.init(tmp_path / "repo")
     store = Store(tmp_path / "fleet.db")
     devices = {"a1": {"target": "rpi4", "site": "north"}, "a2": {"target": "rpi4", "site": "south"},
-               "a3": {"target": "rpi4", "site": "north"}, "j1": {"target": "jetson-orin-nano", "site": "north"}}
+               "a3": {"target": "rpi4", "site": "north"}, "j1": {"target": "jetson-orin-nano", "site": "north"},
+               "a4": {"target": "rpi4", "site": "north", "online": False}}
     bundle = fleet_bundle(tmp_path, key, 2)
     kw = dict(canary_pct=50, waves=[100], observe_s=1)
     rid, resumed = submit(store, repo, devices, bundle, selector={"site": "north"}, **kw)
     assert not resumed and [s["devices"] for s in store.stages(rid)] == [["a1"], ["a3"]]
     assert store.spec(rid).target in repo.listing()
+    assert store.events(rid)[-1]["event"] == "1 matching device(s) offline: left out of the plan"
     assert submit(store, repo, devices, bundle, selector={}, **kw) == (rid, True)  # same bundle: resumed
     with pytest.raises(ConfigError, match="no device of class 'rpi4'"):
         submit(store, repo, devices, fleet_bundle(tmp_path, key, 3), selector={"site": "east"}, **kw)

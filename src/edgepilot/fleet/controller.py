@@ -37,15 +37,18 @@ def submit(store: Store, repo: Repository, devices: dict[str, dict], bundle: Pat
     manifest = read_manifest(bundle)
     device_class = manifest.target
     target = repo.add_bundle(bundle, device_class)
-    selected = sorted(d for d, info in devices.items()
-                      if info.get("target") == device_class and matches(info, selector))
+    matching = [d for d, info in devices.items() if info.get("target") == device_class and matches(info, selector)]
+    selected = sorted(d for d in matching if devices[d].get("online") is not False)  # offline: not planned
     if not selected:
         raise ConfigError(f"no device of class {device_class!r} matches {selector or 'the fleet'}",
                           hint="check `edgepilot fleet status`; a bundle goes to devices of its target class")
     spec = RolloutSpec(bundle=str(bundle), sha256=sha, target=target, device_class=device_class,
                        name=manifest.name, version=manifest.version, selector=selector, canary_pct=canary_pct,
                        waves=waves, observe_s=observe_s, install_timeout_s=install_timeout_s, criteria=criteria)
-    return store.create(spec, plan(selected, canary_pct, waves)), False
+    rid = store.create(spec, plan(selected, canary_pct, waves))
+    if len(matching) > len(selected):
+        store.event(rid, f"{len(matching) - len(selected)} matching device(s) offline: left out of the plan")
+    return rid, False
 
 
 class Controller:
