@@ -18,9 +18,9 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
 
 
 def _register() -> None:
-    from edgepilot.cli import bench, demo, deploy, doctor, inspect, monitor, optimize, run, serve, targets
+    from edgepilot.cli import bench, demo, deploy, doctor, fleet, inspect, monitor, optimize, run, serve, targets
 
-    for module in (doctor, inspect, bench, optimize, targets, run, serve, demo, monitor, deploy):
+    for module in (doctor, inspect, bench, optimize, targets, run, serve, demo, monitor, deploy, fleet):
         module.register(app)
 
 
