@@ -15,14 +15,14 @@ W2 = RNG.standard_normal((4, 3)).astype(np.float32)
 
 
 def linear_onnx(path: Path, w: np.ndarray = W1, b: np.ndarray = B1, batch: int | str = "batch") -> Path:
-    """input [batch, 4] float32 -> output = input @ w + b, [batch, 3]."""
+    """input [batch, 4] float32 -> output = input @ w + b, [batch, 3] (or as many columns as w has)."""
     from onnx import TensorProto, helper, numpy_helper, save
 
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["input", "w"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["output"])],
         "linear",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 4])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [batch, 3])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [batch, w.shape[1]])],
         [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
     path.parent.mkdir(parents=True, exist_ok=True)
     save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))

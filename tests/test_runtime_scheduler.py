@@ -107,6 +107,22 @@ def test_thread_plan_never_oversubscribes():
     assert p.workers * p.model_threads <= 3 and p.notes
 
 
+def test_spin_wait_is_off_when_the_stages_fill_every_core_and_the_yaml_decides_otherwise(tmp_path):
+    from builders.onnx import export_onnx
+    from edgepilot.engines import open_session
+    from edgepilot.model import Model
+
+    assert plan_threads(SchedulerConfig(), decode_threads=1, cores=2).spin_wait is False
+    assert plan_threads(SchedulerConfig(model_threads=2), decode_threads=1, cores=8).spin_wait is None  # to spare
+    assert plan_threads(SchedulerConfig(spin_wait=True), decode_threads=1, cores=2).spin_wait is True
+    assert "spin-wait off" in plan_threads(SchedulerConfig(), decode_threads=1, cores=2).describe()
+    model = Model.load(export_onnx("mlp", tmp_path / "mlp.onnx"))
+    for spin, entry in ((False, "0"), (True, "1")):
+        session = open_session(model, "onnxruntime", threads=1, spin_wait=spin)
+        options = session._sess.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == entry
+
+
 def test_an_item_that_cannot_run_does_not_hold_back_its_batch(cnn):
     work = items(6)
     work[2].error = "preprocess failed: test"

@@ -17,6 +17,7 @@ tritonhttp = pytest.importorskip("tritonclient.http")
 def repo(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     linear_onnx(root / "linear" / "1" / "model.onnx")
+    linear_onnx(root / "score" / "1" / "model.onnx", W1[:, :1], B1[:1])  # one value per sample
     (root / "linear" / "config.yaml").write_text("max_batch: 8\nmax_delay_ms: 1\ninstances: 2\nthreads: 1\n")
     pair_onnx(root / "pair" / "1" / "pair.onnx")
     return root
@@ -107,6 +108,29 @@ def test_tf_serving_predict_row_and_column_give_the_same_predictions(server, rep
     np.testing.assert_allclose(col.json()["outputs"], expected, rtol=1e-6, atol=1e-6)
 
 
+def test_tf_serving_classify_and_regress_where_the_model_fits(server, repo):
+    x = np.random.default_rng(4).standard_normal((3, 4)).astype(np.float32)
+    scores = engine_outputs(repo / "linear" / "1" / "model.onnx", {"input": x})["output"]
+    c = httpx.post(f"{server.url}/v1/models/linear:classify",
+                   json={"examples": [{"input": row} for row in x.tolist()]})
+    assert c.status_code == 200
+    results = c.json()["results"]
+    assert [[label for label, _ in r] for r in results] == [["0", "1", "2"]] * 3
+    np.testing.assert_allclose([[s for _, s in r] for r in results], scores, rtol=1e-6, atol=1e-6)
+    # shared features go in "context"; the regression output is one value per example
+    r = httpx.post(f"{server.url}/v1/models/score/versions/1:regress",
+                   json={"context": {}, "examples": [{"input": row} for row in x.tolist()]})
+    assert r.status_code == 200
+    np.testing.assert_allclose(r.json()["results"], (x @ W1[:, :1] + B1[:1])[:, 0], rtol=1e-5, atol=1e-5)
+    wrong = httpx.post(f"{server.url}/v1/models/linear:regress", json={"examples": [{"input": x[0].tolist()}]})
+    assert wrong.status_code == 400 and "one value per sample" in wrong.json()["error"]
+    bare = httpx.post(f"{server.url}/v1/models/linear:classify", json={"examples": [x[0].tolist()]})
+    assert bare.status_code == 400 and "examples" in bare.json()["error"]
+    pair = httpx.post(f"{server.url}/v1/models/pair:classify",
+                      json={"examples": [{"a": [0.0, 0.0, 0.0], "b": [0, 0, 0]}]})
+    assert pair.status_code == 400 and ":predict" in pair.json()["error"]
+
+
 def test_tf_serving_row_format_with_several_inputs_and_outputs(server):
     instances = [{"a": [0.5, -1.0, 2.0], "b": [1, 0, -3]}, {"a": [-0.5, 0.0, 0.1], "b": [0, 1, 0]}]
     r = httpx.post(f"{server.url}/v1/models/pair:predict", json={"instances": instances})
@@ -148,7 +172,7 @@ def test_statistics_and_metrics_count_what_was_served(client, server):
 
 def test_repository_index_unload_and_load(client):
     index = {(m["name"], m.get("version")): m["state"] for m in client.get_model_repository_index()}
-    assert index == {("linear", "1"): "READY", ("pair", "1"): "READY"}
+    assert index == {("linear", "1"): "READY", ("pair", "1"): "READY", ("score", "1"): "READY"}
     client.unload_model("pair")
     assert not client.is_model_ready("pair")
     assert {m["name"]: m["state"] for m in client.get_model_repository_index()}["pair"] == "UNAVAILABLE"

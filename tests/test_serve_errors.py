@@ -92,7 +92,8 @@ def test_tf_serving_bad_requests(server):
     assert_error(post(server, "/v1/models/linear:predict", {"instances": [[1, 2, 3]]}), 400, "dimension 1")
     assert_error(post(server, "/v1/models/linear:predict", {"instances": [], "inputs": []}), 400, "either")
     assert_error(post(server, "/v1/models/linear:predict", {"instances": [["a", "b", "c", "d"]]}), 400, "numbers")
-    assert_error(post(server, "/v1/models/linear:classify", {"instances": [[1, 2, 3, 4]]}), 404, "predict")
+    assert_error(post(server, "/v1/models/linear:explain", {"instances": [[1, 2, 3, 4]]}), 404, "predict")
+    assert_error(post(server, "/v1/models/linear:classify", {"instances": [[1, 2, 3, 4]]}), 400, "examples")
     assert_error(post(server, "/v1/models/nope:predict", {"instances": [[1, 2, 3, 4]]}), 404, "unknown model")
     still_serving(server)
 

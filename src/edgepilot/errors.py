@@ -59,6 +59,27 @@ class RuntimeFailure(EdgepilotError):
     http_status = 500
 
 
+class ConversionError(EdgepilotError):
+    """A pass could not turn a model into another: the converter refused the model or broke on it."""
+
+    exit_code = 4
+    http_status = 500
+
+
+def first_line(e: BaseException) -> str:
+    """A foreign exception in one line: its first non-empty line, or its type's name when it says nothing."""
+    for line in str(e).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(e).__name__
+
+
+def translate(e: BaseException, cls: type[EdgepilotError], context: str, hint: str | None = None) -> EdgepilotError:
+    """The edgepilot error for a foreign one at a boundary: `raise translate(e, ModelError, f"{path}: onnxruntime
+    cannot load it") from e` reads "…: onnxruntime cannot load it (<first line>)"."""
+    return cls(f"{context} ({first_line(e)})", hint=hint)
+
+
 def missing_extra(package: str, extra: str) -> UnavailableError:
     """The error for an optional dependency that is not installed."""
     return UnavailableError(

@@ -19,7 +19,7 @@ from rich.progress import Progress
 
 from edgepilot import catalog
 from edgepilot.catalog import SOURCE
-from edgepilot.errors import ConfigError, EdgepilotError, InputError
+from edgepilot.errors import ConfigError, EdgepilotError, InputError, first_line
 from edgepilot.evaluate.datasets import Dataset
 from edgepilot.host import has_capability
 from edgepilot.logcapture import section
@@ -177,7 +177,7 @@ def run_plan(model: Model, steps: list[Step], out: Path, calibration: Dataset | 
             rec.status, rec.reason = "failed", str(e)
         except Exception as e:  # a converter's own bug must not stop the other variants
             log.exception("pass %s crashed", step.pass_name)
-            rec.status, rec.reason = "failed", f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e) else ''}"
+            rec.status, rec.reason = "failed", f"{type(e).__name__}: {first_line(e)}"
         rec.seconds = round(time.perf_counter() - t0, 3)
         records.append(rec)
         if progress:

@@ -1,4 +1,4 @@
-"""`edgepilot serve --models DIR`: serve a model repository over KServe v2 and TF Serving REST, with /metrics."""
+"""`edgepilot serve --models DIR`: serve a model repository over KServe v2 (REST, gRPC) and TF Serving REST."""
 from __future__ import annotations
 
 import os
@@ -13,6 +13,8 @@ def register(app: typer.Typer) -> None:
                                                               "version folders, an optional config.yaml per model."),
               host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
               port: int = typer.Option(8000, min=1, max=65535, help="HTTP port."),
+              grpc_port: int = typer.Option(None, min=1, max=65535, help="Also serve KServe v2 over gRPC on "
+                                                                          "this port (Triton's gRPC clients)."),
               max_body_mb: float = typer.Option(64.0, min=0.001, help="Largest request body (413 above it)."),
               request_timeout: float = typer.Option(30.0, min=0.1, help="Seconds a request may wait for its "
                                                                         "result (503 after)."),
@@ -30,6 +32,9 @@ def register(app: typer.Typer) -> None:
         if token_inference and token is None:
             raise ConfigError("--token-inference needs a token", hint="set EDGEPILOT_SERVE_TOKEN")
         settings = ServerSettings(host=host, port=port, max_body_bytes=int(max_body_mb * (1 << 20)),
-                                  request_timeout_s=request_timeout, token=token, token_for_inference=token_inference)
-        typer.echo(f"serving {models} on http://{host}:{port} (KServe v2 /v2, TF Serving /v1, /metrics)", err=True)
+                                  request_timeout_s=request_timeout, token=token, token_for_inference=token_inference,
+                                  grpc_port=grpc_port)
+        also = f", gRPC on {host}:{grpc_port}" if grpc_port else ""
+        typer.echo(f"serving {models} on http://{host}:{port} (KServe v2 /v2, TF Serving /v1, /metrics, "
+                   f"/dashboard){also}", err=True)
         run_server(models, settings)

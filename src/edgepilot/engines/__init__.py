@@ -59,9 +59,11 @@ def engine_for(model: Model, name: str | None = None) -> type[Engine]:
 
 
 def open_session(model: Model, engine: str | None = None, *, threads: int | None = None,
-                 device: str | None = None, precision: str | None = None, cache_dir: str | None = None) -> Session:
+                 device: str | None = None, precision: str | None = None, cache_dir: str | None = None,
+                 spin_wait: bool | None = None) -> Session:
     """Open `model` on the named (or first available) engine with EngineOptions: on its first device unless
     one is named, in fp32 unless a precision is named (engines that choose their arithmetic), keeping
     compiled models in `cache_dir` on engines that have such a cache (`caches_compiled`)."""
     cls = engine_for(model, engine)
-    return cls().open(model, threads=threads, device=device, precision=precision, cache_dir=cache_dir)
+    return cls().open(model, threads=threads, device=device, precision=precision, cache_dir=cache_dir,
+                      spin_wait=spin_wait)

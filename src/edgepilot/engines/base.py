@@ -91,6 +91,9 @@ class EngineOptions(BaseModel):
         None, description="the arithmetic for engines that choose it (OpenVINO, ncnn, MNN); None: fp32, so a "
                           "float model is computed as exported whatever the CPU's default (bf16, fp16) would be")
     cache_dir: str | None = Field(None, description="compiled-model cache, for engines that keep one")
+    spin_wait: bool | None = Field(None, description="None: the engine's default; False: idle threads sleep "
+                                                     "rather than spin (onnxruntime), for cores shared with other "
+                                                     "stages")
 
 
 def default_threads() -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgepilot.engines.base import Engine, EngineOptions, Session, default_threads
-from edgepilot.errors import ModelError, RuntimeFailure
+from edgepilot.errors import ModelError, RuntimeFailure, first_line
 from edgepilot.model import Format, Model
 from edgepilot.optional import require
 
@@ -17,7 +17,7 @@ class LiteRTSession(Session):
             self.threads = threads
             self._it.allocate_tensors()
         except Exception as e:
-            raise ModelError(f"{model.path}: LiteRT cannot load it ({str(e).splitlines()[0]})") from e
+            raise ModelError(f"{model.path}: LiteRT cannot load it ({first_line(e)})") from e
         self.inputs, self.outputs = model.inputs, model.outputs
         self._in = [(d["name"], d["index"]) for d in self._it.get_input_details()]
         self._out = [(d["name"], d["index"]) for d in self._it.get_output_details()]
@@ -39,7 +39,7 @@ class LiteRTSession(Session):
                 it.set_tensor(idx, feeds[name])
             it.invoke()
         except Exception as e:
-            raise RuntimeFailure(f"LiteRT failed: {str(e).splitlines()[0]}") from e
+            raise RuntimeFailure(f"LiteRT failed: {first_line(e)}") from e
         # get_tensor copies, so the result stays valid after the next invoke.
         return {name: it.get_tensor(idx) for name, idx in self._out}
 

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from edgepilot.engines.base import Engine, EngineOptions, Session
-from edgepilot.errors import ConfigError, InputError, ModelError, RuntimeFailure, UnavailableError
+from edgepilot.errors import ConfigError, InputError, ModelError, RuntimeFailure, UnavailableError, first_line
 from edgepilot.model import Format, Model, Quantization, TensorSpec
 from edgepilot.optional import require
 
@@ -65,7 +65,7 @@ def _capture_stderr(fn: Callable[[], T]) -> tuple[T | None, str, BaseException |
 
 def _first_line(text: str, error: BaseException | None) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return lines[0] if lines else (str(error).splitlines()[0] if error and str(error) else "unknown error")
+    return lines[0] if lines else (first_line(error) if error and str(error) else "unknown error")
 
 
 def _interpreter(data: bytes, path: Path, arena_size: int | None) -> tuple[Any, int]:
@@ -245,7 +245,7 @@ class MicroSession(Session):
         try:
             it.invoke()
         except Exception as e:  # TFLM prints the failing node to stderr and raises RuntimeError
-            raise RuntimeFailure(f"TFLite Micro failed: {str(e).splitlines()[0] if str(e) else e!r}") from e
+            raise RuntimeFailure(f"TFLite Micro failed: {first_line(e) if str(e) else e!r}") from e
         # get_output returns a fresh array per call, so results survive the next invoke.
         return [it.get_output(k) for k in range(len(self.outputs))]
 

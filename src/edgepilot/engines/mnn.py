@@ -6,7 +6,7 @@ import logging
 import numpy as np
 
 from edgepilot.engines.base import Engine, EngineOptions, Session, default_threads
-from edgepilot.errors import ModelError, RuntimeFailure, UnavailableError
+from edgepilot.errors import ModelError, RuntimeFailure, UnavailableError, first_line
 from edgepilot.formats.mnn import import_mnn
 from edgepilot.model import Format, Model
 
@@ -77,7 +77,7 @@ class MNNSession(Session):
                 # read() aliases MNN's buffer, which the next call overwrites
                 out[spec.name] = np.array(var.read(), copy=True)
         except Exception as e:
-            raise RuntimeFailure(f"MNN failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+            raise RuntimeFailure(f"MNN failed: {first_line(e) if str(e) else type(e).__name__}") from e
         if len(out) != len(self.outputs):
             raise RuntimeFailure(f"MNN returned {len(out)} outputs where the model declares {len(self.outputs)}")
         return out

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgepilot.engines.base import Engine, EngineOptions, Session, default_threads
-from edgepilot.errors import ModelError, RuntimeFailure, UnavailableError
+from edgepilot.errors import ModelError, RuntimeFailure, UnavailableError, first_line
 from edgepilot.model import Format, Model
 from edgepilot.optional import require
 
@@ -29,7 +29,7 @@ class OpenVINOSession(Session):
         try:
             self._compiled = core.compile_model(str(model.path), dev, config)
         except Exception as e:
-            raise ModelError(f"{model.path}: OpenVINO cannot load it ({str(e).splitlines()[0]})") from e
+            raise ModelError(f"{model.path}: OpenVINO cannot load it ({first_line(e)})") from e
         self.threads = int(self._compiled.get_property("INFERENCE_NUM_THREADS")) or threads
         used = self._compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         self.precision = _NAMES.get(used, used)
@@ -41,7 +41,7 @@ class OpenVINOSession(Session):
         try:
             result = self._request.infer(feeds)
         except Exception as e:
-            raise RuntimeFailure(f"OpenVINO failed: {str(e).splitlines()[0]}") from e
+            raise RuntimeFailure(f"OpenVINO failed: {first_line(e)}") from e
         # Results alias the request's buffers: copy so they survive the next call.
         return {spec.name: np.array(result[port]) for spec, port in zip(self.outputs, self._out_ports)}
 

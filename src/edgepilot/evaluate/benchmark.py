@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 from pydantic import BaseModel, Field
 
-from edgepilot.errors import EdgepilotError, RuntimeFailure
+from edgepilot.errors import EdgepilotError, RuntimeFailure, first_line
 from edgepilot.evaluate.latency import LatencyStats, measure_latency, synthetic_feeds
 from edgepilot.host import host_info
 
@@ -188,6 +188,9 @@ def _main(out_path: str) -> int:
         result = run_in_process(BenchConfig.model_validate_json(sys.stdin.read())).model_dump()
     except EdgepilotError as e:
         result = {"error": e.message, "hint": e.hint, "kind": type(e).__name__}
+    except Exception as e:  # the parent prints one line, never "died (exit 1)" for a bug it could describe
+        result = {"error": f"the benchmark failed: {type(e).__name__}: {first_line(e)}", "kind": "RuntimeFailure",
+                  "hint": "run `edgepilot inspect` on the model, and report this if the model is valid"}
     Path(out_path).write_text(json.dumps(result))
     return 0
 

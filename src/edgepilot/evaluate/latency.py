@@ -1,15 +1,18 @@
 """Time a Session: warm-up, N runs or a time budget, percentiles, throughput at a batch and concurrency."""
 from __future__ import annotations
 
+import math
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
 
 import numpy as np
+import psutil
 from pydantic import BaseModel
 
 from edgepilot.engines.base import Session
-from edgepilot.errors import ConfigError
+from edgepilot.errors import ConfigError, InputError
 from edgepilot.model import TensorSpec
 from edgepilot.shapes import resolve_shapes
 
@@ -46,6 +49,32 @@ class LatencyStats(BaseModel):
         )
 
 
+FEED_BUDGET_ENV = "EDGEPILOT_MAX_FEED_MB"
+
+
+def feed_budget_bytes() -> int:
+    """The most the inputs of one call may take: EDGEPILOT_MAX_FEED_MB, else a quarter of the available memory
+    (the model's own activations need the rest)."""
+    if os.environ.get(FEED_BUDGET_ENV):
+        try:
+            return int(float(os.environ[FEED_BUDGET_ENV]) * (1 << 20))
+        except ValueError:
+            raise ConfigError(f"{FEED_BUDGET_ENV}={os.environ[FEED_BUDGET_ENV]!r} is not a number of MB") from None
+    return psutil.virtual_memory().available // 4
+
+
+def check_feed_budget(specs: list[TensorSpec], shapes: Mapping[str, tuple[int, ...]]) -> int:
+    """The bytes the inputs take at `shapes`, refused before anything is allocated when above the budget."""
+    need = sum(math.prod(int(d) for d in shapes[s.name]) * s.np_dtype.itemsize for s in specs)
+    budget = feed_budget_bytes()
+    if need > budget:
+        shown = ", ".join(f"{s.name} {'x'.join(map(str, shapes[s.name]))}" for s in specs)
+        raise InputError(f"the inputs ({shown}) need {need / (1 << 20):,.0f} MB, above the budget of "
+                         f"{budget / (1 << 20):,.0f} MB",
+                         hint=f"give a smaller --shape or --batch, or raise the budget with {FEED_BUDGET_ENV}")
+    return need
+
+
 def synthetic_feeds(specs: list[TensorSpec], batch: int | None = None,
                     shapes: Mapping[str, tuple[int, ...]] | None = None, seed: int = 0) -> dict[str, np.ndarray]:
     """Seeded synthetic inputs of the right shape and dtype, for timing only (never for accuracy).
@@ -55,6 +84,7 @@ def synthetic_feeds(specs: list[TensorSpec], batch: int | None = None,
     """
     rng = np.random.default_rng(seed)
     resolved = resolve_shapes(specs, shapes or {}, batch)
+    check_feed_budget(specs, resolved)
     feeds = {}
     for spec in specs:
         shape = resolved[spec.name]

@@ -8,7 +8,7 @@ import logging
 import numpy as np
 
 from edgepilot import catalog
-from edgepilot.errors import EdgepilotError, ModelError, UnavailableError
+from edgepilot.errors import EdgepilotError, ModelError, UnavailableError, first_line
 from edgepilot.evaluate.datasets import Dataset, fit_to_input
 from edgepilot.evaluate.latency import synthetic_feeds
 from edgepilot.model import Format, Model
@@ -56,8 +56,7 @@ class SanityCheck:
         except EdgepilotError as e:
             raise ModelError(f"{vid} does not run on {engine}: {e.message}") from e
         except Exception as e:  # a runtime's own failure to load or run is this variant's fault
-            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            raise ModelError(f"{vid} does not run on {engine}: {type(e).__name__}: {first}") from e
+            raise ModelError(f"{vid} does not run on {engine}: {type(e).__name__}: {first_line(e)}") from e
         problem = self.problem(outputs)
         if problem:
             raise ModelError(f"{vid} is broken on {engine}: {problem}")

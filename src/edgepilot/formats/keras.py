@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepilot.errors import ModelError
+from edgepilot.errors import ModelError, first_line
 from edgepilot.formats import TRUST_HINT
 from edgepilot.model import Format, Model, TensorSpec
 from edgepilot.optional import require
@@ -19,7 +19,7 @@ def describe(path: Path, fmt: Format, *, trust_model_code: bool = False) -> Mode
         # safe_mode refuses Lambda layers and other Python code in the file, unless the user trusts it
         m = tf.keras.models.load_model(str(path), compile=False, safe_mode=not trust_model_code)
     except Exception as e:
-        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        why = first_line(e)
         if "safe_mode" in str(e):
             raise ModelError(f"{path}: the model holds Python code (a Lambda layer or a custom object); "
                              "edgepilot does not run code from a model file", hint=TRUST_HINT) from None

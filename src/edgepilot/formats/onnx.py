@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepilot.errors import ModelError
+from edgepilot.errors import ModelError, first_line
 from edgepilot.model import Format, Model, TensorSpec
 from edgepilot.optional import require
 
@@ -17,7 +17,7 @@ def describe(path: Path, fmt: Format = Format.ONNX) -> Model:
         proto = onnx.load(str(path), load_external_data=False)
         onnx.checker.check_model(proto)
     except Exception as e:  # DecodeError, ValidationError ... all mean the same to the user
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise ModelError(f"{path}: not a valid ONNX model ({first})",
                          hint="the file may be truncated or corrupt; export it again") from e
     graph = proto.graph

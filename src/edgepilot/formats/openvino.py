@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepilot.errors import ModelError
+from edgepilot.errors import ModelError, first_line
 from edgepilot.model import Format, Model, TensorSpec
 from edgepilot.optional import require
 
@@ -19,7 +19,7 @@ def describe(path: Path, fmt: Format = Format.OPENVINO) -> Model:
     try:
         m = ov.Core().read_model(str(path))
     except Exception as e:
-        raise ModelError(f"{path}: not a valid OpenVINO IR ({str(e).strip().splitlines()[0]})") from e
+        raise ModelError(f"{path}: not a valid OpenVINO IR ({first_line(e)})") from e
     params = sum(int(np.prod(list(op.get_output_shape(0)), dtype=np.int64))
                  for op in m.get_ops() if op.get_type_name() == "Constant" and op.get_output_size() == 1
                  and op.get_output_element_type(0).is_real())

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from edgepilot.errors import ModelError, UnavailableError
+from edgepilot.errors import ModelError, UnavailableError, first_line
 from edgepilot.model import Format, Model, TensorSpec
 
 HINT = "inspect or run it on the machine with the NVIDIA GPU: pip install 'edgepilot[tensorrt]' there"
@@ -25,7 +25,7 @@ def load_trt() -> Any:
         raise UnavailableError("TensorRT engine plans can only be inspected where TensorRT is installed",
                                hint=HINT) from e
     except Exception as e:  # the wheel exists but its libraries (libnvinfer, CUDA) do not load
-        raise UnavailableError(f"TensorRT failed to import: {str(e).splitlines()[0]}", hint=HINT) from e
+        raise UnavailableError(f"TensorRT failed to import: {first_line(e)}", hint=HINT) from e
 
 
 def deserialize(trt: Any, runtime: Any, path: Path) -> Any:
@@ -39,7 +39,7 @@ def deserialize(trt: Any, runtime: Any, path: Path) -> Any:
     try:
         engine = runtime.deserialize_cuda_engine(data)
     except Exception as e:  # pybind raises where the C++ API would return null
-        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        why = first_line(e) if str(e) else type(e).__name__
         raise ModelError(f"{path}: TensorRT {trt.__version__} cannot deserialize this plan ({why})",
                          hint=hint) from e
     if engine is None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepilot.errors import ModelError
+from edgepilot.errors import ModelError, first_line
 from edgepilot.model import Format, Model, Quantization, TensorSpec
 from edgepilot.optional import require
 
@@ -172,7 +172,7 @@ def macs_at(path: Path, shapes: Mapping[str, tuple[int, ...]] | None = None) -> 
         sizes = {d["index"]: [int(v) for v in d["shape"]] for d in it.get_tensor_details()}
     except Exception as e:  # LiteRT's errors are RuntimeError/ValueError with the reason
         raise ModelError(f"{path}: LiteRT cannot take the shapes {dict(shapes)} "
-                         f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from e
+                         f"({first_line(e)})") from e
     g = read(path.read_bytes(), sizes)
     return g.macs, {s.name: list(shapes.get(s.name, s.shape)) for s in g.inputs}
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from edgepilot.errors import RuntimeFailure
+from edgepilot.errors import RuntimeFailure, first_line
 from edgepilot.model import Format, Model
 from edgepilot.optional import require
 from edgepilot.passes.base import Pass, PassContext
@@ -39,7 +39,7 @@ class OnnxToOpenVINO(Pass):
                 converted = ov.convert_model(source)
             except Exception as e:
                 raise RuntimeFailure(f"OpenVINO could not convert {model.path.name}: "
-                                     f"{str(e).strip().splitlines()[0]}") from e
+                                     f"{first_line(e)}") from e
         xml = ctx.workdir / f"model_{options.precision}.xml"
         ov.save_model(converted, str(xml), compress_to_fp16=options.precision == "fp16")
         return Model.load(xml)

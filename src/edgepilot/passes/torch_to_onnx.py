@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgepilot.errors import InputError, RuntimeFailure
+from edgepilot.errors import InputError, RuntimeFailure, first_line
 from edgepilot.formats import TRUST_HINT
 from edgepilot.formats.torch import load_exported_program, load_torchscript
 from edgepilot.model import Format, Model
@@ -65,5 +65,5 @@ class TorchToOnnx(Pass):
                                   dynamic_axes=dynamic | {"output": {0: "batch"}} if dynamic else None,
                                   dynamo=False, opset_version=options.opset)
         except Exception as e:
-            raise RuntimeFailure(f"torch.onnx.export failed: {str(e).strip().splitlines()[0][:300]}") from e
+            raise RuntimeFailure(f"torch.onnx.export failed: {first_line(e)[:300]}") from e
         return Model.load(out)

@@ -118,6 +118,13 @@ class Item:
     events: list[Event] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
     error: str | None = None
+    release: Any = field(default=None, repr=False)  # gives the item's shared-memory slot back (decode: process)
+
+    def done(self) -> None:
+        """The pipeline is finished with this item (delivered, dropped or skipped); idempotent."""
+        release, self.release = self.release, None
+        if release is not None:
+            release()
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form sinks write: no pixels, no tensors."""

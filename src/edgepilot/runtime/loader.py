@@ -51,7 +51,7 @@ def load_model(cfg: ModelConfig) -> Model:
 
 
 def open_sessions(model: Model, cfg: ModelConfig, workers: int, threads: int,
-                  warmup_shapes: dict[str, tuple[int, ...]] | None = None
+                  warmup_shapes: dict[str, tuple[int, ...]] | None = None, spin_wait: bool | None = None
                   ) -> tuple[list[Session], float, dict[str, np.ndarray]]:
     """`workers` sessions, each warmed up at `warmup_shapes` (what the pipeline feeds); returns them, the seconds it
     took, and the outputs of one more call (batch axis kept), which the pipeline checks against its decoder."""
@@ -63,7 +63,7 @@ def open_sessions(model: Model, cfg: ModelConfig, workers: int, threads: int,
         cache.mkdir(parents=True, exist_ok=True)
         cache = str(cache)
     sessions = [open_session(model, engine.name, threads=threads, device=cfg.device, precision=cfg.precision,
-                             cache_dir=cache)
+                             cache_dir=cache, spin_wait=spin_wait)
                 for _ in range(workers)]
     feeds = synthetic_feeds(sessions[0].inputs, shapes=shapes_for(sessions[0].inputs, warmup_shapes or {}))
     for s in sessions:

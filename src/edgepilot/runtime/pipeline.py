@@ -28,6 +28,7 @@ from edgepilot.runtime.rules import RuleConfig, RuleEngine
 from edgepilot.runtime.scheduler import Scheduler, SchedulerConfig, plan_threads
 from edgepilot.runtime.sinks import SinkConfig, WebhookSink, WebhookSinkConfig, open_sink
 from edgepilot.runtime.sources import SourceConfig, open_source
+from edgepilot.runtime.sources.decoder_process import Stages
 from edgepilot.runtime.stages import PreprocessConfig, Preprocessor
 from edgepilot.runtime.stats import PipelineStats
 
@@ -146,6 +147,9 @@ class Pipeline:
         self.quality = QualityChecker(cfg.quality)
         self.rules = RuleEngine(cfg.rules, namespace=cfg.name)
         self.sources = [open_source(s) for s in cfg.sources]
+        for source in self.sources:
+            if hasattr(source, "attach") and not self.preprocess.vector:  # decode: process checks and preprocesses
+                source.attach(Stages(cfg.quality, cfg.preprocess, self.model.inputs[0]))
         ids = [s.id for s in self.sources]
         if len(set(ids)) != len(ids):
             raise ConfigError(f"sources need distinct ids: {ids}")
@@ -166,12 +170,13 @@ class Pipeline:
             self._open_sinks()
         spec = self.model.inputs[0]
         self.sessions, self.load_s, probe = open_sessions(self.model, cfg.model, workers, self.plan.model_threads,
-                                                          {spec.name: _fed_shape(self.preprocess, spec)})
+                                                          {spec.name: _fed_shape(self.preprocess, spec)},
+                                                          spin_wait=self.plan.spin_wait)
         self.postprocess.check({k: v[0] for k, v in probe.items()})  # a wrong decoder would publish garbage
         self.scheduler = Scheduler(self.sessions, cfg.scheduler, self.stats, emit=self._out.put)
-        log.info("pipeline %s: %s on %s, %d worker(s) x %d thread(s), %d source(s), loaded in %.2f s", cfg.name,
-                 Path(cfg.model.path).name, self.sessions[0].__class__.__name__, workers,
-                 self.plan.model_threads, len(self.sources), self.load_s)
+        log.info("pipeline %s: %s on %s, %s (scheduler: in the YAML), %d source(s), loaded in %.2f s", cfg.name,
+                 Path(cfg.model.path).name, self.sessions[0].__class__.__name__, self.plan.describe(),
+                 len(self.sources), self.load_s)
 
     def _open_sinks(self) -> None:
         cfg = self.cfg
@@ -262,6 +267,12 @@ class Pipeline:
             return True
 
     def _submit(self, item: Item) -> None:
+        if item.meta.pop("preprocessed", False):  # checked and preprocessed in the decoder process
+            if n := item.meta.pop("skipped_quality_before", 0):
+                self.stats.count("skipped_quality", item.source, n)
+            self.stats.stage("preprocess", item.timings.get("preprocess", 0.0))
+            self.scheduler.submit(item)
+            return
         t0 = time.perf_counter()
         checked = self.quality.process(item)
         if checked is None:
@@ -286,6 +297,8 @@ class Pipeline:
             except Exception:  # the output thread must outlive any one item
                 log.exception("output stage failed on %s #%d", item.source, item.seq)
                 self.stats.count("errors", item.source)
+            finally:
+                item.done()
 
     def _deliver(self, item: Item) -> None:
         if item.error is None:
@@ -313,6 +326,7 @@ class Pipeline:
         self.stats.stage("sinks", time.perf_counter() - t0)
         if self.positions is not None and (at := self._by_id[item.source].position(item)) is not None:
             self.positions.record(item.source, at)  # after the sinks: a restart resumes after what they took
+        self.stats.stage("end_to_end", max(0.0, time.time() - item.ts))  # capture to published
         self.stats.completed()
 
     def _webhooks_for(self, item: Item) -> list[WebhookSink]:
@@ -355,7 +369,8 @@ class Pipeline:
         snap["quality"] = self.quality.stats()
         snap["rules"] = self.rules.stats()
         snap["threads"] = {"cores": self.plan.cores, "decode": self.plan.decode_threads,
-                           "workers": self.plan.workers, "model_threads": self.plan.model_threads}
+                           "workers": self.plan.workers, "model_threads": self.plan.model_threads,
+                           "spin_wait": self.plan.spin_wait}
         outbox = next((s.outbox for s in self.sinks if hasattr(s, "outbox")), None)
         if outbox is not None:
             snap["outbox"] = outbox.stats()

@@ -34,6 +34,8 @@ class SchedulerConfig(BaseModel):
     queue_size: int = Field(8, ge=1, description="items waiting for inference")
     workers: int | Literal["auto"] = Field("auto", description="inference threads, one session each")
     model_threads: int | Literal["auto"] = Field("auto", description="threads inside each session")
+    spin_wait: bool | Literal["auto"] = Field("auto", description="idle model threads spin (onnxruntime); auto: "
+                                                                  "not when the stages fill every core")
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,12 @@ class ThreadPlan:
     workers: int
     model_threads: int
     notes: tuple[str, ...] = ()
+    spin_wait: bool | None = None  # None: the engine's default
+
+    def describe(self) -> str:
+        spin = {None: "engine default", True: "on", False: "off"}[self.spin_wait]
+        return (f"{self.workers} worker(s) x {self.model_threads} model thread(s) + {self.decode_threads} "
+                f"decoder(s) on {self.cores} core(s), spin-wait {spin}")
 
 
 def available_cores() -> int:
@@ -66,7 +74,9 @@ def plan_threads(cfg: SchedulerConfig, decode_threads: int, cores: int | None = 
         workers = min(workers, budget)
         threads = max(1, budget // workers)
         notes.append(f"using {workers} worker(s) x {threads} thread(s)")
-    return ThreadPlan(cores, decode_threads, workers, threads, tuple(notes))
+    spin = cfg.spin_wait if cfg.spin_wait != "auto" else (False if workers * threads + decode_threads >= cores
+                                                          else None)
+    return ThreadPlan(cores, decode_threads, workers, threads, tuple(notes), spin)
 
 
 class ItemQueue:
@@ -94,6 +104,7 @@ class ItemQueue:
             if old.live:
                 del self._items[i]
                 self.stats.count("dropped", old.source)
+                old.done()
                 return True
         return False  # only file items queued: the live item waits like they do
 

@@ -26,6 +26,8 @@ class PipelineStats:
         self.per_source: dict[str, Counter[str]] = {}
         self.queue_depth = 0
         self.started = time.monotonic()
+        self.first_done: float | None = None  # the first and latest completion: fps after start-up
+        self.last_done: float | None = None
         self.recorder = recorder or default_recorder()
 
     def stage(self, name: str, seconds: float, n: int = 1) -> None:
@@ -58,6 +60,8 @@ class PipelineStats:
         with self._lock:
             self.counters["completed"] += n
             self._done.extend([now] * n)
+            self.first_done = self.first_done or now
+            self.last_done = now
             while self._done and now - self._done[0] > self._fps_window_s:
                 self._done.popleft()
 
@@ -73,6 +77,8 @@ class PipelineStats:
                 "uptime_s": round(elapsed, 3),
                 "fps": round(len(self._done) / span, 3) if span > 0 else 0.0,
                 "fps_overall": round(self.counters["completed"] / elapsed, 3) if elapsed > 0 else 0.0,
+                "fps_after_first": round((self.counters["completed"] - 1) / (self.last_done - self.first_done), 3)
+                if self.last_done and self.last_done > self.first_done else 0.0,
                 "queue_depth": self.queue_depth,
                 "counters": dict(self.counters),
                 "sources": {k: dict(v) for k, v in self.per_source.items()},
@@ -82,6 +88,7 @@ class PipelineStats:
 
 def _percentiles(q: deque[float]) -> dict[str, float]:
     a = np.asarray(q) * 1e3
-    p50, p95 = np.percentile(a, [50, 95])
-    return {"p50": round(float(p50), 3), "p95": round(float(p95), 3), "mean": round(float(a.mean()), 3),
+    p50, p95, p99 = np.percentile(a, [50, 95, 99])
+    return {"p50": round(float(p50), 3), "p95": round(float(p95), 3), "p99": round(float(p99), 3),
+            "mean": round(float(a.mean()), 3),
             "n": len(a)}

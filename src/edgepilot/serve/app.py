@@ -23,14 +23,25 @@ log = logging.getLogger(__name__)
 
 
 def create_app(repo: Repository, settings: ServerSettings | None = None,
-               broadcaster: Broadcaster | None = None) -> FastAPI:
-    """The app serving `repo` (already loaded, or loaded through the repository API), and a pipeline's stream when
-    given its broadcaster; closing the app at shutdown retires every model once its requests have finished."""
+               broadcaster: Broadcaster | None = None, *, pipeline_stats=None, monitor=None) -> FastAPI:
+    """The app serving `repo` (already loaded, or loaded through the repository API), and a pipeline's stream and
+    statistics when given them; closing the app at shutdown retires every model once its requests have finished.
+
+    `monitor` (default: every collector of this machine) feeds the system gauges of /metrics and the dashboard."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
+        grpc_server = None
+        if app.state.settings.grpc_port is not None:  # on this event loop: it shares the repository's schedulers
+            from edgepilot.serve import kserve_grpc
+
+            grpc_server = await kserve_grpc.start(app.state, app.state.settings)
         yield
+        if grpc_server is not None:
+            await grpc_server.stop(grace=10)  # requests in flight finish first
         repo.close()
+        if app.state.monitor is not None:
+            app.state.monitor.close()
 
     app = FastAPI(title="edgepilot serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.repo = repo
@@ -38,12 +49,19 @@ def create_app(repo: Repository, settings: ServerSettings | None = None,
     app.state.settings = settings or ServerSettings()
     app.state.metrics = repo.metrics or ServeMetrics()
     repo.metrics = app.state.metrics
+    app.state.pipeline_stats = pipeline_stats
+    app.state.monitor = monitor if monitor is not None else _default_monitor()
+    if app.state.monitor is not None:
+        from edgepilot.monitor.prometheus import MonitorCollector
 
-    from edgepilot.serve import kserve, stream, tfserving
+        app.state.metrics.registry.register(MonitorCollector(app.state.monitor))
+
+    from edgepilot.serve import dashboard, kserve, stream, tfserving
 
     app.include_router(kserve.router)
     app.include_router(tfserving.router)
     app.include_router(stream.router)
+    app.include_router(dashboard.router)
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -68,6 +86,17 @@ def create_app(repo: Repository, settings: ServerSettings | None = None,
         return json_response({"error": f"internal error: {type(e).__name__}: {e}"}, 500)
 
     return app
+
+
+def _default_monitor():
+    """This machine's collectors; a server without them still serves (the system panels then say why)."""
+    from edgepilot.monitor.sampler import Monitor
+
+    try:
+        return Monitor()
+    except Exception as e:  # a broken collector must not keep models from being served
+        log.warning("system metrics unavailable: %s", e)
+        return None
 
 
 def open_repository(models: str | Path) -> Repository:
@@ -120,4 +149,5 @@ def pipeline_server(host: str, port: int, models: str | None, stats) -> tuple[Ba
     repo = open_repository(models) if models else Repository(None, ServeMetrics())
     repo.metrics.registry.register(PipelineCollector(stats))
     broadcaster = Broadcaster()
-    return BackgroundServer(create_app(repo, broadcaster=broadcaster), host, port), StreamSink(broadcaster)
+    app = create_app(repo, broadcaster=broadcaster, pipeline_stats=stats)
+    return BackgroundServer(app, host, port), StreamSink(broadcaster)

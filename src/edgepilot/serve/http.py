@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from edgepilot.errors import EdgepilotError, InputError
+from edgepilot.serve.tensors import dumps_json
 
 
 @dataclass
@@ -23,6 +23,7 @@ class ServerSettings:
     request_timeout_s: float = 30.0  # longest wait for a result once the body is in (503)
     token: str | None = None  # bearer token for repository and management calls
     token_for_inference: bool = False  # also require it for inference and metadata
+    grpc_port: int | None = None  # KServe v2 over gRPC on this port too (same host)
 
 
 class BodyTooLarge(InputError):
@@ -64,9 +65,13 @@ async def read_body(request: Request, settings: ServerSettings) -> bytes:
 
 def check_token(request: Request, settings: ServerSettings, *, management: bool) -> None:
     """Management calls need the token when one is set; inference and metadata too if the server says so."""
+    check_authorization(request.headers.get("authorization", ""), settings, management=management)
+
+
+def check_authorization(given: str, settings: ServerSettings, *, management: bool) -> None:
+    """The same check on an `Authorization` value, wherever it came from (HTTP header, gRPC metadata)."""
     if settings.token is None or not (management or settings.token_for_inference):
         return
-    given = request.headers.get("authorization", "")
     scheme, _, value = given.partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), settings.token.encode()):
         raise Unauthorized("missing or wrong bearer token" if given else "this call needs a bearer token",
@@ -74,8 +79,7 @@ def check_token(request: Request, settings: ServerSettings, *, management: bool)
 
 
 def json_response(content, status: int = 200, headers: dict | None = None) -> Response:
-    return Response(json.dumps(content, separators=(",", ":")), status_code=status, headers=headers,
-                    media_type="application/json")
+    return Response(dumps_json(content), status_code=status, headers=headers, media_type="application/json")
 
 
 def error_response(e: EdgepilotError) -> Response:

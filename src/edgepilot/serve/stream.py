@@ -9,6 +9,7 @@ import asyncio
 import json
 import logging
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -36,11 +37,28 @@ class _Subscriber:
 
 
 class Broadcaster:
-    """Thread-safe fan-out from the pipeline to the WebSocket subscribers."""
+    """Thread-safe fan-out from the pipeline to the WebSocket subscribers; it also keeps each source's latest frame
+    and the recent events, so a dashboard opened later starts with a picture and the alerts already raised."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep_events: int = 50) -> None:
         self._subs: set[_Subscriber] = set()
         self._lock = threading.Lock()
+        self._frames: dict[str, tuple[int, float, object]] = {}  # source -> (seq, ts, frame)
+        self._events: deque[dict] = deque(maxlen=keep_events)
+
+    def latest_frame(self, source: str):
+        """(seq, frame) of the source's latest item that had a frame, or None."""
+        with self._lock:
+            got = self._frames.get(source)
+        return None if got is None else (got[0], got[2])
+
+    def frames(self) -> dict[str, dict]:
+        with self._lock:
+            return {s: {"seq": seq, "ts": ts} for s, (seq, ts, _) in self._frames.items()}
+
+    def recent_events(self) -> list[dict]:
+        with self._lock:
+            return list(self._events)
 
     def subscribe(self, source: str | None, what: str) -> _Subscriber:
         sub = _Subscriber(asyncio.get_running_loop(), source, what)
@@ -54,6 +72,10 @@ class Broadcaster:
 
     def publish(self, item: Item) -> None:
         with self._lock:
+            if item.frame is not None:  # a view into a decoder's shared memory is reused once the item is done
+                frame = item.frame if item.frame.base is None else item.frame.copy()
+                self._frames[item.source] = (item.seq, item.ts, frame)
+            self._events.extend({"type": e.kind, **e.to_dict()} for e in item.events)
             subs = [s for s in self._subs if s.source in (None, item.source)]
         if not subs:
             return

@@ -34,12 +34,27 @@ def wire_shape(spec: TensorSpec) -> list[int]:
     return [d if isinstance(d, int) and d >= 0 else -1 for d in spec.shape]
 
 
+try:  # ten times faster than the standard library on tensors of numbers; as strict (no NaN, depth ≤ 1024)
+    import orjson
+except ImportError:  # pragma: no cover - the serve extra installs it
+    orjson = None
+
+
 def loads_json(body: bytes | str, what: str = "request") -> Any:
     """Strict JSON: NaN/Infinity literals and absurd nesting are malformed input, not a crash."""
     try:
+        if orjson is not None:
+            return orjson.loads(body)
         return json.loads(body, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as e:  # JSONDecodeError and bad UTF-8 are ValueErrors
         raise InputError(f"malformed JSON in the {what}: {e}") from None
+
+
+def dumps_json(content: Any) -> bytes:
+    """Compact JSON (a float that is not finite becomes null with orjson, never an invalid literal)."""
+    if orjson is not None:
+        return orjson.dumps(content)
+    return json.dumps(content, separators=(",", ":")).encode()
 
 
 def _reject_constant(name: str) -> None:

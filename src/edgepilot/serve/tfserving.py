@@ -1,5 +1,6 @@
-"""TF Serving's REST API: model status, signature metadata, and :predict in row (instances) and column (inputs)
-formats. Signature names are accepted and ignored: a served model has one signature, serving_default."""
+"""TF Serving's REST API: model status, signature metadata, :predict in row (instances) and column (inputs)
+formats, and :classify / :regress for models that fit (one score per class, or one value, per sample).
+Signature names are accepted and ignored: a served model has one signature, serving_default."""
 from __future__ import annotations
 
 from typing import Any
@@ -56,38 +57,83 @@ def _tensor_info(spec: TensorSpec) -> dict:
 
 @router.post("/v1/models/{target}")
 @router.post("/v1/models/{name}/versions/{target}")
-async def predict(request: Request, target: str, name: str | None = None) -> Response:
-    """`/v1/models/m:predict` or `/v1/models/m/versions/2:predict`: the verb rides on the last path segment."""
+async def call(request: Request, target: str, name: str | None = None) -> Response:
+    """`/v1/models/m:predict` or `/v1/models/m/versions/2:classify`: the verb rides on the last path segment."""
     head, _, verb = target.rpartition(":")
-    if verb != "predict" or not head:
+    if verb not in VERBS or not head:
         raise NotFoundError(f"no such TF Serving call {request.url.path!r}",
-                            hint="POST /v1/models/<model>[/versions/<n>]:predict")
+                            hint="POST /v1/models/<model>[/versions/<n>]:predict (or :classify, :regress)")
     name, version = (head, None) if name is None else (name, head)
     state = request.app.state
     async with accounted(request, "tfserving", name, version) as slot:
         check_token(request, state.settings, management=False)
-        body = loads_json(await read_body(request, state.settings), "predict request")
-        if not isinstance(body, dict) or ("instances" in body) == ("inputs" in body):
-            raise InputError("a predict request is a JSON object with either 'instances' (row format) or "
-                             "'inputs' (column format)")
-        row = "instances" in body
+        body = loads_json(await read_body(request, state.settings), f"{verb} request")
+        if not isinstance(body, dict):
+            raise InputError(f"a {verb} request is a JSON object")
         with state.repo.use(name, version) as served:
             slot["version"] = str(served.version)
-            feeds = _row_feeds(served, body["instances"]) if row else _column_feeds(served, body["inputs"])
+            if verb == "predict":
+                return await _predict(served, body, state.settings.request_timeout_s)
+            feeds = _example_feeds(served, body, verb)
             outputs, _ = await served.infer(feeds, state.settings.request_timeout_s)
-            if row:
-                return json_response({"predictions": _rows(served, outputs)})
-            return json_response({"outputs": _columns(served, outputs)})
+            return json_response({"results": _results(served, outputs, verb)})
 
 
-def _row_feeds(served: ServedVersion, instances: Any) -> dict[str, np.ndarray]:
+VERBS = ("predict", "classify", "regress")
+
+
+async def _predict(served: ServedVersion, body: dict, timeout_s: float) -> Response:
+    if ("instances" in body) == ("inputs" in body):
+        raise InputError("a predict request is a JSON object with either 'instances' (row format) or "
+                         "'inputs' (column format)")
+    row = "instances" in body
+    feeds = _row_feeds(served, body["instances"]) if row else _column_feeds(served, body["inputs"])
+    outputs, _ = await served.infer(feeds, timeout_s)
+    if row:
+        return json_response({"predictions": _rows(served, outputs)})
+    return json_response({"outputs": _columns(served, outputs)})
+
+
+def _example_feeds(served: ServedVersion, body: dict, verb: str) -> dict[str, np.ndarray]:
+    """`examples` (one object of features per sample) with the shared `context` features merged into each: the
+    feature names are the model's input names."""
+    examples, context = body.get("examples"), body.get("context", {})
+    if not isinstance(examples, list) or not examples or not all(isinstance(e, dict) for e in examples):
+        raise InputError(f"a {verb} request needs 'examples': a non-empty list of objects, one per sample")
+    if not isinstance(context, dict):
+        raise InputError("'context' must be an object of features shared by every example")
+    return _row_feeds(served, [{**context, **e} for e in examples], require_objects=True)
+
+
+def _results(served: ServedVersion, outputs: dict[str, np.ndarray], verb: str) -> list:
+    """:classify → per sample every class with its score ([label, score], labels are class indices);
+    :regress → one value per sample. A model whose single output does not have that form is told so."""
+    spec = served.outputs[0]
+    y = outputs[spec.name]
+    if len(served.outputs) != 1 or y.dtype.kind != "f":
+        raise InputError(f"{served.name} has {len(served.outputs)} output(s) of {y.dtype}: :{verb} needs one float "
+                         f"output", hint="use :predict")
+    flat = y.reshape(len(y), -1)
+    if verb == "classify":
+        if y.ndim != 2:
+            raise InputError(f"output {spec.name!r} of shape {list(y.shape)} is not [batch, classes]",
+                             hint="use :predict")
+        return [[[str(c), float(v)] for c, v in enumerate(row)] for row in flat]
+    if flat.shape[1] != 1:
+        raise InputError(f"output {spec.name!r} of shape {list(y.shape)} is not one value per sample",
+                         hint="use :predict or :classify")
+    return [float(v) for v in flat[:, 0]]
+
+
+def _row_feeds(served: ServedVersion, instances: Any, *, require_objects: bool = False) -> dict[str, np.ndarray]:
     if not isinstance(instances, list) or not instances:
         raise InputError("'instances' must be a non-empty list, one entry per sample")
     names = [s.name for s in served.inputs]
-    if len(names) == 1 and not all(isinstance(i, dict) for i in instances):
+    if len(names) == 1 and not require_objects and not all(isinstance(i, dict) for i in instances):
         return {names[0]: _array(instances, served.inputs[0])}
     if not all(isinstance(i, dict) and set(i) == set(names) for i in instances):
-        raise InputError(f"every instance must be an object with the inputs {names}")
+        raise InputError(f"every {'example' if require_objects else 'instance'} must be an object with the inputs "
+                         f"{names}")
     return {s.name: _array([i[s.name] for i in instances], s) for s in served.inputs}
 
 

@@ -41,4 +41,9 @@ def open_source(cfg: SourceConfig | dict[str, Any]) -> Source:
     """The source for a config (or its dict form); files are checked now, so a bad path fails here."""
     if isinstance(cfg, dict):
         cfg = TypeAdapter(SourceConfig).validate_python(cfg)
-    return _SOURCES[type(cfg)](cfg)
+    source = _SOURCES[type(cfg)](cfg)  # made here in any case: a bad path fails now, not in the child
+    if getattr(cfg, "decode", "thread") == "process":
+        from edgepilot.runtime.sources.decoder_process import ProcessSource
+
+        return ProcessSource(cfg, source)
+    return source

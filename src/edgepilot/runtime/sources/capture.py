@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 
 from edgepilot.errors import InputError, UnavailableError
 from edgepilot.runtime.item import Item
@@ -29,7 +29,12 @@ def _redact(url: str) -> str:
     return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
-class VideoSourceConfig(_SourceBase):
+class _Decoded(BaseModel):
+    # process: decode, check and preprocess in a child process; frames come back through shared memory
+    decode: Literal["thread", "process"] = "thread"
+
+
+class VideoSourceConfig(_SourceBase, _Decoded):
     type: Literal["video"] = "video"
     path: str
     loop: bool = False  # start over at the end, until stop()
@@ -39,7 +44,7 @@ class VideoSourceConfig(_SourceBase):
     resume: bool = False  # after a restart, start after the last frame a previous run delivered (same file)
 
 
-class CameraSourceConfig(_Reconnect):
+class CameraSourceConfig(_Reconnect, _Decoded):
     type: Literal["camera"] = "camera"
     device: int | str = 0  # OpenCV index, or a device path such as /dev/video0
     max_retries: int | None = Field(None, ge=0)  # consecutive failed opens/reads before giving up; None: forever
@@ -48,7 +53,7 @@ class CameraSourceConfig(_Reconnect):
     fps: float | None = Field(None, gt=0)
 
 
-class StreamSourceConfig(_Reconnect):
+class StreamSourceConfig(_Reconnect, _Decoded):
     type: Literal["stream"] = "stream"
     url: str  # rtsp://, rtsps://, or http(s):// serving MJPEG (multipart/x-mixed-replace)
     rtsp_tcp: bool = True  # RTSP over TCP: survives lossy links and NAT better than UDP
@@ -93,8 +98,12 @@ class VideoSource(Source):
         if {k: position.get(k) for k in ("path", "size", "mtime_ns")} != self._identity():
             log.info("source %s: %s changed since the last run; starting from the beginning", self.id, self.path)
             return
-        self._first = max(self.cfg.start, int(position["frame_index"]) + self.cfg.stride)
+        self.start_after_frame(int(position["frame_index"]))
         log.info("source %s: resuming at frame %d", self.id, self._first)
+
+    def start_after_frame(self, index: int) -> None:
+        """The next pass starts after frame `index` (a resumed run, a restarted decoder process)."""
+        self._first = max(self.cfg.start, index + self.cfg.stride)
 
     def _unreadable(self) -> InputError:
         return InputError(f"cannot read video {self.path}: OpenCV's FFmpeg backend does not decode it",

@@ -1,0 +1,423 @@
+"""`decode: process` on a video, camera or stream source: decoding, the quality checks and the preprocessing run in
+a child process (no shared GIL with inference), and frames with their model tensors come back through a ring of
+shared-memory slots that the pipeline's items point into (no copy on the way to the engine).
+
+The pipeline process owns the shared memory: it creates it, and unlinks it when the source stops, on every exit path
+(and Python's resource tracker removes it should this process be killed). A slot goes back to the child when the
+pipeline releases its item (delivered, dropped or skipped). A child that dies is restarted like a dropped stream;
+a video file then goes on after the last frame it delivered.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from multiprocessing import shared_memory
+from multiprocessing.connection import Client, Listener
+from typing import Any
+
+import numpy as np
+
+from edgepilot.errors import EdgepilotError, RuntimeFailure
+from edgepilot.runtime.item import Item
+from edgepilot.runtime.sources.base import Source
+
+log = logging.getLogger(__name__)
+_KEY_ENV = "EDGEPILOT_DECODER_KEY"  # the connection's authentication key, handed to the child out of band
+
+
+class Stages:
+    """What runs in the child after decoding: the pipeline's quality checks and preprocessing (picklable configs)."""
+
+    def __init__(self, quality_cfg, preprocess_cfg, spec) -> None:
+        self.quality_cfg, self.preprocess_cfg, self.spec = quality_cfg, preprocess_cfg, spec
+
+
+class ProcessSource(Source):
+    """Wraps a capture source config; iterating starts the decoder process, stop() ends it and frees the ring."""
+
+    def __init__(self, cfg, inner: Source, *, slots: int = 32, max_restarts: int = 5) -> None:
+        super().__init__(inner.id, inner.live)
+        self.cfg, self.inner, self.slots, self.max_restarts = cfg, inner, slots, max_restarts
+        self.fps = getattr(inner, "fps", None)
+        self.stages: Stages | None = None
+        self._resume: dict | None = None
+        self._ring: shared_memory.SharedMemory | None = None
+        self._layout: tuple | None = None  # frame shape, tensor shape, tensor dtype, slot bytes
+        self._held: set[int] = set()
+        self._conn = None
+        self._send_lock = threading.Lock()
+        self._child_stats: dict[str, Any] = {}
+        self.decoder_pid: int | None = None
+
+    def attach(self, stages: Stages) -> None:
+        """The pipeline's quality and preprocessing, to run in the child (items then come with their tensors)."""
+        self.stages = stages
+
+    def position(self, item: Item) -> dict[str, Any] | None:
+        return self.inner.position(item)
+
+    def resume_after(self, position: dict[str, Any]) -> None:
+        self._resume = position
+
+    def stats(self) -> dict[str, Any]:
+        """The decoder's counters (every child so far) with this side's own (decoder_restarts)."""
+        with self._lock:
+            out = dict(self._stats)
+            for k, v in self._child_stats.items():
+                out[k] = out.get(k, 0) + v if isinstance(v, int) and not isinstance(v, bool) else v
+            return out
+
+    def _fold_child_stats(self) -> None:
+        """A child's counters start at zero: add the last one's to the running totals before the next starts."""
+        with self._lock:
+            for k, v in self._child_stats.items():
+                self._stats[k] = self._stats.get(k, 0) + v if isinstance(v, int) and not isinstance(v, bool) else v
+            self._child_stats = {}
+
+    # -- the parent's loop ---------------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[Item]:
+        restarts, last_index = 0, None
+        try:
+            while not self._stop.is_set():
+                proc, self._conn = self._start_child(last_index)
+                self.decoder_pid = proc.pid
+                ended = False
+                try:
+                    for item in self._receive(proc):
+                        last_index = item.meta.get("frame_index", last_index)
+                        restarts = 0  # it delivered: the next failure starts the count again
+                        yield item
+                    ended = True
+                except _ChildDied:
+                    pass
+                finally:
+                    self._end_child(proc)
+                    self._fold_child_stats()
+                if ended or self._stop.is_set():
+                    return
+                restarts += 1
+                self._count("decoder_restarts")
+                if restarts > self.max_restarts:
+                    raise RuntimeFailure(f"source {self.id}: the decoder process died {restarts} times in a row",
+                                         hint="run the source with decode: thread to see the decoder's error")
+                log.warning("source %s: the decoder process died (exit %s); restarting it", self.id, proc.returncode)
+                if not self._sleep(min(0.2 * 2 ** restarts, 5.0)):
+                    return
+        finally:
+            self._free_ring()
+
+    def _start_child(self, last_index):
+        """A fresh interpreter (`python -m` this module), not a fork: the engines' threads and locks stay here, and
+        unlike multiprocessing's spawn it never re-imports the user's main script."""
+        resume = self._resume
+        if last_index is not None and getattr(self.cfg, "type", None) == "video":
+            resume = {"after_frame_index": last_index}  # a restarted file decoder goes on where it stopped
+        ring = None if self._ring is None else (self._ring.name, self._layout, self._free_slots())
+        address = os.path.join(tempfile.gettempdir(), f"edgepilot-decoder-{uuid.uuid4().hex[:12]}.sock")
+        key = os.urandom(16)
+        listener = Listener(address, "AF_UNIX", authkey=key)
+        try:
+            proc = subprocess.Popen([sys.executable, "-m", __name__, address], stdin=subprocess.DEVNULL,
+                                    env={**os.environ, _KEY_ENV: key.hex()})
+            accepted: list = []
+            waiter = threading.Thread(target=lambda: accepted.append(listener.accept()), daemon=True)
+            waiter.start()
+            deadline = time.monotonic() + 60
+            while waiter.is_alive() and proc.poll() is None and time.monotonic() < deadline:
+                waiter.join(0.1)
+        finally:
+            listener.close()  # also removes the socket file
+        if not accepted:
+            proc.kill()
+            proc.wait()
+            raise RuntimeFailure(f"source {self.id}: the decoder process did not start (exit {proc.returncode})")
+        conn = accepted[0]
+        conn.send((self.cfg, self.stages, resume, ring, self.slots))
+        return proc, conn
+
+    def _free_slots(self) -> list[int]:
+        with self._lock:
+            return [i for i in range(self.slots) if i not in self._held]
+
+    def _receive(self, proc) -> Iterator[Item]:
+        conn = self._conn
+        while not self._stop.is_set():
+            try:
+                if not conn.poll(0.1):
+                    if proc.poll() is not None:
+                        return self._died()
+                    continue
+                kind, payload = conn.recv()
+            except (EOFError, OSError):
+                return self._died()
+            if kind == "layout":
+                self._make_ring(payload)
+                self._send(("ring", (self._ring.name, self._layout, list(range(self.slots)))))
+            elif kind == "item":
+                yield self._item_from(*payload)
+            elif kind == "stats":
+                with self._lock:
+                    self._child_stats = payload
+            elif kind == "error":
+                raise EdgepilotError(payload)
+            elif kind == "end":
+                with self._lock:
+                    self._child_stats = payload
+                return None
+        return None
+
+    def _died(self) -> None:
+        raise _ChildDied()
+
+    def _make_ring(self, layout) -> None:
+        frame_shape, tensor_shape, tensor_dtype = layout
+        slot_bytes = _nbytes(frame_shape, np.uint8) + (_nbytes(tensor_shape, tensor_dtype) if tensor_shape else 0)
+        name = f"edgepilot-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._ring = shared_memory.SharedMemory(name=name, create=True, size=max(1, slot_bytes * self.slots))
+        self._layout = (frame_shape, tensor_shape, tensor_dtype, slot_bytes)
+
+    def _item_from(self, slot: int | None, header: dict, frame, tensor) -> Item:
+        if slot is not None:  # the arrays live in the ring: views, no copy
+            frame_shape, tensor_shape, tensor_dtype, slot_bytes = self._layout
+            base = slot * slot_bytes
+            frame = np.ndarray(header["frame_shape"], np.uint8, self._ring.buf, base)
+            if header.get("has_tensor"):
+                tensor = np.ndarray(tensor_shape, tensor_dtype, self._ring.buf, base + _nbytes(frame_shape, np.uint8))
+            with self._lock:
+                self._held.add(slot)
+        with self._lock:  # numbered here: a restarted child numbers from 0 again
+            seq, self._seq = self._seq, self._seq + 1
+        item = Item(source=self.id, seq=seq, ts=header["ts"], live=self.live, frame=frame,
+                    meta=header["meta"], tensor=tensor, transform=header.get("transform"), error=header.get("error"))
+        item.timings.update(header["timings"])
+        item.meta["preprocessed"] = self.stages is not None
+        if header.get("skipped_quality"):
+            item.meta["skipped_quality_before"] = header["skipped_quality"]
+        if slot is not None:
+            item.release = lambda: self._release(slot)
+        return item
+
+    def _release(self, slot: int) -> None:
+        with self._lock:
+            if slot not in self._held:
+                return
+            self._held.discard(slot)
+        self._send(("free", slot))
+
+    def _send(self, message) -> None:
+        with self._send_lock:
+            try:
+                if self._conn is not None:
+                    self._conn.send(message)
+            except (OSError, ValueError, BrokenPipeError):
+                pass  # the child is gone: its replacement gets the free slots at start
+
+    def _end_child(self, proc) -> None:
+        self._send(("stop", None))
+        for end in (None, proc.terminate, proc.kill):
+            if end is not None:
+                end()
+            try:
+                proc.wait(5)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        with self._send_lock:
+            if self._conn is not None:
+                self._conn.close()
+            self._conn = None
+
+    def _free_ring(self) -> None:
+        ring, self._ring = self._ring, None
+        if ring is None:
+            return
+        try:
+            ring.close()
+        except BufferError:  # items still point into it: unlink anyway, the memory goes when they do
+            pass
+        try:
+            ring.unlink()
+        except FileNotFoundError:
+            pass
+
+
+class _ChildDied(Exception):
+    pass
+
+
+def _nbytes(shape, dtype) -> int:
+    return int(np.prod(shape)) * np.dtype(dtype).itemsize
+
+
+# -- the child --------------------------------------------------------------------------------------------------------
+def _attach_untracked(name: str) -> shared_memory.SharedMemory:
+    """Attach without registering with the resource tracker: the parent owns the segment (Python < 3.13 would
+    otherwise unlink it, or warn, when this child exits)."""
+    from multiprocessing import resource_tracker
+
+    register = resource_tracker.register
+    resource_tracker.register = lambda *a, **k: None
+    try:
+        return shared_memory.SharedMemory(name=name)
+    finally:
+        resource_tracker.register = register
+
+
+def _child_main(conn, cfg, stages: Stages | None, resume, ring, slots: int) -> None:
+    from edgepilot.runtime.sources import open_source
+
+    cfg = cfg.model_copy(update={"decode": "thread"})
+    shm = None
+    try:
+        source = open_source(cfg)
+        if resume and "after_frame_index" in resume:
+            source.start_after_frame(int(resume["after_frame_index"]))
+        elif resume:
+            source.resume_after(resume)
+        quality = pre = None
+        if stages is not None:
+            from edgepilot.runtime.quality import QualityChecker
+            from edgepilot.runtime.stages import Preprocessor
+
+            quality, pre = QualityChecker(stages.quality_cfg), Preprocessor(stages.preprocess_cfg, stages.spec)
+        free: list[int] = []
+        layout = None
+        if ring is not None:
+            name, layout, free = ring
+            shm = _attach_untracked(name)
+        stop = threading.Event()
+
+        def listen() -> None:  # slots coming back, and the stop
+            nonlocal shm, layout
+            while True:
+                try:
+                    kind, payload = conn.recv()
+                except (EOFError, OSError):
+                    stop.set()
+                    return
+                if kind == "free":
+                    with free_cond:
+                        free.append(payload)
+                        free_cond.notify()
+                elif kind == "ring":
+                    name, layout, slots_free = payload
+                    with free_cond:
+                        shm = _attach_untracked(name)
+                        free[:] = slots_free
+                        free_cond.notify()
+                elif kind == "stop":
+                    stop.set()
+                    source.stop()
+                    with free_cond:
+                        free_cond.notify_all()
+                    return
+
+        free_cond = threading.Condition()
+        threading.Thread(target=listen, daemon=True).start()
+        skipped = 0
+        last_stats = time.monotonic()
+        for item in source:
+            if stop.is_set():
+                break
+            t0 = time.perf_counter()
+            if quality is not None:
+                if quality.process(item) is None:
+                    skipped += 1
+                    continue
+                try:
+                    item = pre.process(item)
+                except Exception as e:  # an odd frame never stops its source
+                    item.error = f"preprocess failed: {e}"
+            item.timings["preprocess"] = time.perf_counter() - t0
+            if layout is None and item.frame is not None:  # the first frame sizes the ring
+                tensor = item.tensor if isinstance(item.tensor, np.ndarray) else None
+                conn.send(("layout", (item.frame.shape, None if tensor is None else tensor.shape,
+                                      None if tensor is None else tensor.dtype.str)))
+                with free_cond:
+                    while shm is None and not stop.is_set():
+                        free_cond.wait(0.1)
+            slot = _take_slot(free, free_cond, stop, item.live)
+            if stop.is_set():
+                break
+            header = {"ts": item.ts, "meta": item.meta, "timings": item.timings,
+                      "transform": item.transform, "error": item.error, "frame_shape": None,
+                      "skipped_quality": skipped}
+            skipped = 0
+            frame, tensor = item.frame, item.tensor
+            if slot is not None and _fits(item, layout):
+                frame_shape, tensor_shape, tensor_dtype, slot_bytes = layout
+                base = slot * slot_bytes
+                np.ndarray(frame.shape, np.uint8, shm.buf, base)[...] = frame
+                header["frame_shape"] = frame.shape
+                if isinstance(tensor, np.ndarray):
+                    np.ndarray(tensor_shape, tensor_dtype, shm.buf, base + _nbytes(frame_shape, np.uint8))[...] = \
+                        tensor
+                    header["has_tensor"] = True
+                conn.send(("item", (slot, header, None, None)))
+            else:  # no slot (a live source dropping under load), or a frame of another size: sent as a copy
+                if slot is not None:
+                    with free_cond:
+                        free.append(slot)
+                if slot is None and item.live:
+                    source._count("dropped")  # the pipeline is behind: a live frame is dropped, as the queue would
+                    continue
+                conn.send(("item", (None, header, frame, tensor)))
+            if time.monotonic() - last_stats > 1.0:
+                conn.send(("stats", source.stats()))
+                last_stats = time.monotonic()
+        conn.send(("end", source.stats()))
+    except EdgepilotError as e:
+        _send_quietly(conn, ("error", str(e)))
+    except Exception as e:
+        _send_quietly(conn, ("error", f"decoder process failed: {type(e).__name__}: {e}"))
+    finally:
+        if shm is not None:
+            shm.close()
+        conn.close()
+
+
+def _take_slot(free: list[int], cond: threading.Condition, stop: threading.Event, live: bool) -> int | None:
+    """A free slot: a file source waits for one (back-pressure); a live one takes none when all are in use."""
+    with cond:
+        while not free and not stop.is_set():
+            if live:
+                return None
+            cond.wait(0.1)
+        return free.pop() if free else None
+
+
+def _fits(item: Item, layout) -> bool:
+    if layout is None or item.frame is None:
+        return False
+    frame_shape, tensor_shape, tensor_dtype, _ = layout
+    tensor = item.tensor
+    tensor_ok = (tensor is None and tensor_shape is None) or (
+        isinstance(tensor, np.ndarray) and tensor.shape == tuple(tensor_shape) and tensor.dtype.str == tensor_dtype)
+    return item.frame.shape == tuple(frame_shape) and item.frame.dtype == np.uint8 and tensor_ok
+
+
+def _serve_parent(address: str) -> None:
+    """`python -m edgepilot.runtime.sources.decoder_process ADDRESS`: connect back and decode until told to stop."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the pipeline decides when to stop
+    conn = Client(address, "AF_UNIX", authkey=bytes.fromhex(os.environ.pop(_KEY_ENV)))
+    _child_main(conn, *conn.recv())
+
+
+def _send_quietly(conn, message) -> None:
+    try:
+        conn.send(message)
+    except (OSError, ValueError):
+        pass
+
+
+if __name__ == "__main__":
+    _serve_parent(sys.argv[1])
