@@ -6,7 +6,7 @@ Seeds: the tests' tiny CNN exported to ONNX and converted to MNN, ncnn and OpenV
 a real BlazeFace `.tflite` out of its wheel. Mutations (seeded, reproducible): bit flips, byte runs overwritten with
 0x00/0xff/random, truncation, a chunk deleted, duplicated or inserted, and the numbers in ncnn/OpenVINO text rewritten.
 Writes bench/results/fuzz.{json,md}; `--count N` runs N mutants per format (the issue asks 300 ONNX, 300 TFLite,
-50 of each other format). Failures are kept under bench/results/fuzz-failures/ for replay.
+50 of each other format). Failures are kept under <out>/fuzz-failures/ for replay.
 """
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess | None:
         return None
 
 
-def fuzz_one(fmt: str, files: list[Path], i: int, work: Path, timeout: float) -> list[dict]:
+def fuzz_one(fmt: str, files: list[Path], i: int, work: Path, timeout: float, keep: Path) -> list[dict]:
     rng = random.Random(f"{fmt}-{i}")
     folder = work / f"{fmt}-{i:04d}"
     folder.mkdir()
@@ -118,8 +118,7 @@ def fuzz_one(fmt: str, files: list[Path], i: int, work: Path, timeout: float) ->
                     "exit": None if proc is None else proc.returncode,
                     "stderr_tail": "" if proc is None else proc.stderr.strip().splitlines()[-1:]})
         if verdict not in ("ok", "one-line error"):
-            keep = ROOT / "bench" / "results" / "fuzz-failures" / folder.name
-            shutil.copytree(folder, keep, dirs_exist_ok=True)
+            shutil.copytree(folder, keep / folder.name, dirs_exist_ok=True)
     return out
 
 
@@ -138,7 +137,8 @@ def main(argv: list[str] | None = None) -> dict:
         seed = seeds(work / "seeds")
         jobs = [(f, seed[f], i) for f in formats for i in range(args.count or DEFAULT_COUNTS[f])]
         with ThreadPoolExecutor(args.jobs) as pool:
-            rows = [r for rs in pool.map(lambda j: fuzz_one(*j, work, args.timeout), jobs) for r in rs]
+            rows = [r for rs in pool.map(lambda j: fuzz_one(*j, work, args.timeout, args.out / "fuzz-failures"), jobs)
+                    for r in rs]
     tally = Counter((r["format"], r["command"], r["verdict"]) for r in rows)
     bad = [r for r in rows if r["verdict"] not in ("ok", "one-line error")]
     result = {"runs": len(rows), "seconds": round(time.perf_counter() - t0, 1),
