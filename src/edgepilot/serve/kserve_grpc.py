@@ -34,7 +34,7 @@ CONTENTS_FIELD = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int
 @cache
 def messages() -> dict[str, type]:
     """Message classes by short name ("ModelInferRequest" ...), built from the compiled protocol."""
-    descriptor_pb2 = require("google.protobuf.descriptor_pb2", "serve")
+    descriptor_pb2 = require("google.protobuf.descriptor_pb2", "grpc")
     from google.protobuf import descriptor_pool, message_factory
 
     files = descriptor_pb2.FileDescriptorSet.FromString(
@@ -61,7 +61,7 @@ class InferenceService:
 
     def __init__(self, app_state) -> None:
         self.state = app_state
-        self.grpc = require("grpc", "serve")
+        self.grpc = require("grpc", "grpc")
         self.m = messages()
 
     def _auth(self, context, *, management: bool = False) -> None:
@@ -175,7 +175,7 @@ def _handler(grpc, service: InferenceService, rpc: str, request_type, response_t
 
 async def start(app_state, settings: ServerSettings):
     """Start the gRPC server on settings.grpc_port; returns it (await server.stop(grace) at shutdown)."""
-    grpc = require("grpc", "serve")
+    grpc = require("grpc", "grpc")
     service, m = InferenceService(app_state), messages()
     handlers = {rpc: _handler(grpc, service, rpc, m[f"{rpc}Request"], m[f"{rpc}Response"]) for rpc in sorted(RPCS)}
     limit = settings.max_body_bytes
