@@ -479,3 +479,32 @@ def test_tensorrt_builder_settings(fake_trt, cnn, tmp_path):
     assert trt.created_with == 1 << 5 and trt.config.flags == set()  # strongly typed: the QDQ nodes decide
     with pytest.raises(InputError, match="calibration data missing"):
         build_plan(cnn.path, tmp_path / "x.engine", Options(precision="int8"))
+
+
+def test_a_failed_symbolic_shape_inference_leaves_nothing_in_the_working_directory(tmp_path, monkeypatch):
+    """onnxruntime saves a half-inferred model into the cwd when it gives up; the pass removes it and goes on
+    without symbolic shapes."""
+    from onnxruntime.quantization import shape_inference
+
+    from edgepilot.passes import onnx_quantize
+
+    calls = []
+    real = shape_inference.quant_pre_process
+
+    def flaky(src, dst, skip_symbolic_shape=False, **kw):
+        calls.append(skip_symbolic_shape)
+        if not skip_symbolic_shape:
+            (tmp_path / "sym_shape_infer_temp.onnx").write_bytes(b"x")
+            (tmp_path / "0123-abcd.data").write_bytes(b"x")
+            raise Exception("Incomplete symbolic shape inference")
+        return real(src, dst, skip_symbolic_shape=True, **kw)
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(shape_inference, "quant_pre_process", flaky)
+    src = export_onnx("cnn", tmp_path / "cnn.onnx")
+    (tmp_path / "work").mkdir()
+    ctx = PassContext(tmp_path / "work")
+    out = onnx_quantize._preprocess(src, tmp_path / "work", ctx)
+    assert calls == [False, True] and out.name == "preprocessed.onnx"
+    assert ctx.notes["preprocess"] == "quant_pre_process (without symbolic shapes)"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cnn.onnx", "work"]

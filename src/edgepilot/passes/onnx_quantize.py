@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import tempfile
 from pathlib import Path
 from typing import Literal
@@ -189,15 +190,27 @@ def _preprocess(path: Path, tmp: Path, ctx: PassContext) -> Path:
     """
     shape_inference = require("onnxruntime.quantization.shape_inference", "onnx")
     out = tmp / "preprocessed.onnx"
-    try:
-        shape_inference.quant_pre_process(str(path), str(out))
-    except Exception as e:  # noqa: BLE001 - recorded, then quantise the original
-        reason = [ln for ln in str(e).strip().splitlines() if ln.strip()]
-        ctx.notes["preprocess"] = f"skipped: {reason[-1][:200] if reason else type(e).__name__}"
-        log.info("quant_pre_process failed on %s; quantising it unprocessed", path.name)
-        return path
-    ctx.notes["preprocess"] = "quant_pre_process"
-    return out
+    for skip_symbolic in (False, True):
+        before = set(os.listdir("."))
+        try:
+            shape_inference.quant_pre_process(str(path), str(out), skip_symbolic_shape=skip_symbolic)
+        except Exception as e:  # noqa: BLE001 - recorded, then try without it / quantise the original
+            _remove_strays(before)
+            reason = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+            ctx.notes["preprocess"] = f"skipped: {reason[-1][:200] if reason else type(e).__name__}"
+            continue
+        ctx.notes["preprocess"] = "quant_pre_process" + (" (without symbolic shapes)" if skip_symbolic else "")
+        return out
+    log.info("quant_pre_process failed on %s; quantising it unprocessed", path.name)
+    return path
+
+
+def _remove_strays(before: set[str]) -> None:
+    """onnxruntime's symbolic shape inference saves its half-inferred model (and external data) into the working
+    directory when it gives up: remove what it left there."""
+    for name in set(os.listdir(".")) - before:
+        if name == "sym_shape_infer_temp.onnx" or name.endswith(".data"):
+            Path(name).unlink(missing_ok=True)
 
 
 def _keeping_nodes(original: Path, processed: Path, names: list[str], ctx: PassContext) -> Path:
