@@ -1,0 +1,161 @@
+"""ONNX → TFLite with onnx2tf (the converter Ultralytics uses): float32, float16, dynamic-range int8 and full int8.
+
+It is how ONNX and PyTorch sources (through torch-to-onnx) reach LiteRT and, through the int8 result, TFLite
+Micro. onnx2tf runs in a child process with the pass's work dir as its working directory: it writes files
+there, and it would download a sample-image file for 3-channel image inputs unless one is present, so the
+pass writes that file from the calibration data first. Image inputs come out NHWC, as TFLite kernels want.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from edgepilot.errors import InputError, RuntimeFailure
+from edgepilot.model import Format, Model
+from edgepilot.passes.base import Pass, PassContext
+from edgepilot.passes.calibration import calibration_set
+
+# onnx2tf's metadata pins old numpy/onnx/protobuf: pip cannot resolve it beside the rest, so it is no extra
+INSTALL_HINT = ("pip install --no-deps onnx2tf==1.29.24 tf_keras==2.21.0 onnx_graphsurgeon sng4onnx "
+                "(`make setup` does)")
+_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"  # the file onnx2tf downloads when absent
+# onnx2tf's file name suffix per precision; full int8 with int8 I/O, as keras-to-tflite makes it
+_SUFFIX = {"float32": "float32", "float16": "float16", "dynamic": "dynamic_range_quant", "int8": "full_integer_quant"}
+
+
+class Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    precision: Literal["float32", "float16", "dynamic", "int8"] = "float32"
+    io_dtype: Literal["int8", "uint8", "float32"] = Field("int8", description="I/O type of a full-int8 model")
+    quant_type: Literal["per-channel", "per-tensor"] = Field("per-channel", description="int8 weight scales per")
+    calibration_samples: int = Field(100, ge=1, description="representative samples for int8")
+    timeout_s: int = Field(1800, ge=10, description="how long onnx2tf may take")
+
+
+class OnnxToTFLite(Pass):
+    name = "onnx-to-tflite"
+    consumes = frozenset({Format.ONNX})
+    produces = Format.TFLITE
+    Options = Options
+    requires = ("tensorflow", "tf_keras", "onnx_graphsurgeon", "onnx")
+    extra = "tf"
+
+    def why_not(self, model: Model, ctx: PassContext) -> list[str]:
+        reasons = super().why_not(model, ctx)
+        if importlib.util.find_spec("onnx2tf") is None:
+            reasons.append(f"'onnx2tf' is not installed ({INSTALL_HINT})")
+        return reasons
+
+    def run(self, model: Model, options: Options, ctx: PassContext) -> Model:
+        work = ctx.workdir / "onnx2tf"
+        shutil.rmtree(work, ignore_errors=True)
+        shapes = _shapes(model, ctx)
+        static = _static_copy(model, shapes, ctx.workdir / "static.onnx")
+        args = [sys.executable, "-m", "onnx2tf", "-i", str(static.resolve()), "-o", str(work), "-v", "error",
+                "-n"]  # -n: no onnxsim (not installed); _static_copy folded the shape arithmetic with onnxslim
+        _write_sample(model, ctx)
+        if options.precision in ("dynamic", "int8"):
+            args += ["-oiqt", "-qt", options.quant_type]
+        if options.precision == "int8":
+            args += ["-iqd", options.io_dtype, "-oqd", options.io_dtype,
+                     *self._calibration_args(model, ctx, options, shapes)]
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+        try:
+            proc = subprocess.run(args, cwd=ctx.workdir, capture_output=True, text=True, timeout=options.timeout_s,
+                                  env=env)
+        except subprocess.TimeoutExpired as e:
+            raise RuntimeFailure(f"onnx2tf took longer than {options.timeout_s} s on {model.path.name}",
+                                 hint="raise the pass's timeout_s option") from e
+        found = sorted(work.glob(f"*_{_SUFFIX[options.precision]}.tflite"))
+        if proc.returncode != 0 or not found:
+            tail = [ln for ln in (proc.stderr + proc.stdout).strip().splitlines() if ln.strip()][-3:]
+            raise RuntimeFailure(f"onnx2tf failed on {model.path.name} (exit {proc.returncode}): "
+                                 f"{' | '.join(t.strip()[:200] for t in tail) or 'no message'}")
+        out = ctx.workdir / f"model_{options.precision}.tflite"
+        shutil.copyfile(found[0], out)
+        shutil.rmtree(work, ignore_errors=True)  # the SavedModel and the other precisions: not this variant's
+        for f in [*ctx.workdir.glob("*.npy"), static]:
+            f.unlink()
+        ctx.notes["converter"] = "onnx2tf"
+        return Model.load(out)
+
+    @staticmethod
+    def _calibration_args(model: Model, ctx: PassContext, options: Options, shapes) -> list[str]:
+        data = calibration_set(model, ctx, options.calibration_samples)
+        args = ["-cind"]
+        for spec in model.inputs:
+            x = data[spec.name].astype(np.float32)
+            if x.ndim == 4:  # onnx2tf feeds its NHWC model: NCHW data is transposed
+                x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+            path = ctx.workdir / f"calibration_{len(args)}.npy"
+            np.save(path, x)
+            args += [spec.name, str(path), "[0.0]", "[1.0]"]  # the data is fed as given: mean 0, std 1
+        return args
+
+
+def _shapes(model: Model, ctx: PassContext) -> dict[str, tuple[int, ...]]:
+    """Concrete input shapes, batch 1: TFLite and TFLite Micro want static tensors, onnx2tf needs them to calibrate."""
+    out = {}
+    for spec in model.inputs:
+        given = (ctx.input_shapes or {}).get(spec.name)
+        if given is not None:
+            out[spec.name] = (1, *tuple(given)[1:])
+        elif spec.shape and all(isinstance(d, int) and d > 0 for d in spec.shape[1:]):
+            out[spec.name] = (1, *spec.shape[1:])
+        else:
+            raise InputError(f"input {spec.name!r} {spec.shape_str()} has dynamic sizes",
+                             hint="give --shape, or data, so that the conversion has concrete sizes")
+    return out
+
+
+def _static_copy(model: Model, shapes: dict[str, tuple[int, ...]], path):
+    """The ONNX model with these input sizes, shapes inferred again and shape arithmetic folded (onnx2tf trips
+    over dynamic sizes, and over the -1 batch some exporters write)."""
+    import onnx
+
+    m = onnx.load(str(model.path))
+    for inp in m.graph.input:
+        if inp.name in shapes:
+            dims = inp.type.tensor_type.shape.dim
+            for d, v in zip(dims, shapes[inp.name]):
+                d.Clear()
+                d.dim_value = int(v)
+    for out in m.graph.output:
+        out.type.tensor_type.ClearField("shape")
+    del m.graph.value_info[:]
+    m = onnx.shape_inference.infer_shapes(m)
+    if importlib.util.find_spec("onnxslim") is not None:
+        import onnxslim
+
+        m = onnxslim.slim(m)
+    for k, node in enumerate(m.graph.node):  # TensorFlow takes node names as scope names: [A-Za-z0-9_.\\/>-]
+        node.name = re.sub(r"[^A-Za-z0-9_./>-]", "_", node.name or node.op_type) + f"_{k}"
+    onnx.save(m, str(path))
+    return path
+
+
+def _write_sample(model: Model, ctx: PassContext) -> None:
+    """onnx2tf's sample-image file, from the calibration data (resized to 128×128) where there is any."""
+    x = None
+    if ctx.calibration:
+        x = np.asarray(next(iter(ctx.calibration.values())), np.float32)
+        if x.ndim == 4 and x.shape[1] == 3 and x.shape[-1] != 3:
+            x = x.transpose(0, 2, 3, 1)
+        if x.ndim != 4 or x.shape[-1] != 3:
+            x = None
+    if x is None:
+        sample = np.zeros((20, 128, 128, 3), np.float32)
+    else:
+        rows = np.linspace(0, x.shape[1] - 1, 128).round().astype(int)
+        cols = np.linspace(0, x.shape[2] - 1, 128).round().astype(int)
+        picked = x[np.arange(20) % len(x)]
+        sample = np.ascontiguousarray(picked[:, rows][:, :, cols], np.float32)
+    np.save(ctx.workdir / _SAMPLE, sample)
