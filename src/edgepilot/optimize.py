@@ -66,7 +66,7 @@ def plan(model: Model, families: list[str] | None = None) -> list[Step]:
         raise ConfigError(f"unknown format {sorted(unknown)[0]!r}",
                           hint=f"choose from {', '.join(catalog.FAMILIES)}")
     registered = all_passes()
-    start = catalog.source_variant(model.format)
+    start = catalog.source_variant(model)
     have = {SOURCE} | ({start} if start else set())
     steps: list[Step] = []
     for spec in catalog.CATALOGUE:
@@ -84,12 +84,12 @@ def plan(model: Model, families: list[str] | None = None) -> list[Step]:
 
 def _unreachable(model: Model, wanted: set[str], planned: list[Step]) -> list[Step]:
     """A skipped step for each variant of a wanted family that neither the plan nor the source provides."""
-    start = catalog.source_variant(model.format)
+    start = catalog.source_variant(model)
     built = {catalog.get(s.variant).family for s in planned} | ({catalog.get(start).family} if start else set())
     registered = all_passes()
 
     def starts(variant: str) -> set[str]:  # the source formats some pass chain turns into `variant`
-        found = {f.value for f in Format if catalog.source_variant(f) == variant}
+        found = {f.value for f in catalog.source_formats(variant)}
         for spec in catalog.CATALOGUE:
             if spec.id == variant and spec.source != SOURCE:
                 found |= starts(spec.source)
@@ -131,7 +131,7 @@ def run_plan(model: Model, steps: list[Step], out: Path, calibration: Dataset | 
     variants: dict[str, Model] = {SOURCE: model}
     records: list[Record] = []
     sanity = SanityCheck(calibration)  # every variant loads, runs and gives the reference's output shapes
-    start = catalog.source_variant(model.format)
+    start = catalog.source_variant(model)
     if start:
         variants[start] = _copy_source(model, out / "variants" / start)
         records.append(Record(start, "ok", source=SOURCE, reason="the source model itself",
@@ -258,7 +258,8 @@ def optimize_and_report(source: Model, ds: Dataset, out: Path, families: list[st
     eval_set = ds.subset(eval_samples, seed=1)
     variants, records = run_plan(source, plan(source, families), out, calib, progress, sample, trust_model_code)
     results, ref = evaluate_variants(variants, eval_set, seconds=seconds, threads=threads, progress=progress,
-                                     task=task, postprocess=postprocess, shapes=shapes)
+                                     task=task, postprocess=postprocess, shapes=shapes,
+                                     reference=catalog.source_variant(source))
     gates = Gates(max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement)
     analysed = variants.get("onnx-fp32") or (source if source.format in (Format.ONNX, Format.KERAS) else None)
     report = build_report(source, ds, results, ref, analysed)

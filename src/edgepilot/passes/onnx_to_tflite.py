@@ -128,6 +128,7 @@ def _static_copy(model: Model, shapes: dict[str, tuple[int, ...]], path):
             for d, v in zip(dims, shapes[inp.name]):
                 d.Clear()
                 d.dim_value = int(v)
+    _rewrite_hard_sigmoid(m)
     for out in m.graph.output:
         out.type.tensor_type.ClearField("shape")
     del m.graph.value_info[:]
@@ -140,6 +141,33 @@ def _static_copy(model: Model, shapes: dict[str, tuple[int, ...]], path):
         node.name = re.sub(r"[^A-Za-z0-9_./>-]", "_", node.name or node.op_type) + f"_{k}"
     onnx.save(m, str(path))
     return path
+
+
+def _rewrite_hard_sigmoid(m) -> int:
+    """HardSigmoid(x) = clip(6αx + 6β, 0, 6) / 6: the same function in ops onnx2tf writes as MUL, ADD, RELU6
+    (TFLite Micro has no kernel for the RELU_0_TO_1 that HardSigmoid becomes)."""
+    from onnx import helper, numpy_helper
+
+    nodes, count = [], 0
+    for node in m.graph.node:
+        if node.op_type != "HardSigmoid":
+            nodes.append(node)
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        alpha, beta = float(attrs.get("alpha", 0.2)), float(attrs.get("beta", 0.5))
+        k = f"hsig{count}_{node.output[0]}"
+        consts = {f"{k}_scale": 6 * alpha, f"{k}_shift": 6 * beta, f"{k}_lo": 0.0, f"{k}_hi": 6.0,
+                  f"{k}_sixth": 1 / 6}
+        for name, v in consts.items():
+            m.graph.initializer.append(numpy_helper.from_array(np.array(v, np.float32), name))
+        nodes += [helper.make_node("Mul", [node.input[0], f"{k}_scale"], [f"{k}_a"]),
+                  helper.make_node("Add", [f"{k}_a", f"{k}_shift"], [f"{k}_b"]),
+                  helper.make_node("Clip", [f"{k}_b", f"{k}_lo", f"{k}_hi"], [f"{k}_c"]),
+                  helper.make_node("Mul", [f"{k}_c", f"{k}_sixth"], [node.output[0]])]
+        count += 1
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    return count
 
 
 def _write_sample(model: Model, ctx: PassContext) -> None:
