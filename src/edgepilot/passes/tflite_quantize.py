@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgepilot.errors import ModelError, RuntimeFailure
+from edgepilot.errors import EdgepilotError, RuntimeFailure
 from edgepilot.formats.tflite_edit import DYNAMIC_INT8, INT8, INT8_WEIGHTS, modernize, signature_inputs, weight_precision
 from edgepilot.model import Format, Model
 from edgepilot.optional import require
@@ -78,7 +78,7 @@ class TFLiteQuantize(Pass):
             if q.need_calibration:
                 calibration = q.calibrate(_calibration(model, buf, ctx, options.calibration_samples))
             result = q.quantize(calibration, enable_progress_report=False)
-        except ModelError:
+        except EdgepilotError:
             raise
         except Exception as e:  # the quantiser raises ValueError/RuntimeError with its reason
             msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
