@@ -99,7 +99,8 @@ def test_widening_fp16_weights_changes_no_output(tmp_path):
 
 
 @needs_quantizer
-@pytest.mark.parametrize("precision,label,tol", [("dynamic", "dynamic-int8", 0.05), ("int8-weights", "int8-weights", 0.02),
+@pytest.mark.parametrize("precision,label,tol", [("dynamic", "dynamic-int8", 0.05),
+                                                 ("int8-weights", "int8-weights", 0.02),
                                                  ("float16", "fp16", 0.01), ("int8", "int8", 0.1)])
 def test_tflite_quantize_round_trip(tflite_cnn, tmp_path, precision, label, tol):
     calib = {"input": sample("cnn", batch=32, layout="nhwc")}
@@ -125,7 +126,8 @@ def test_tflite_quantize_refuses_what_it_cannot_take(tflite_cnn, tmp_path):
     int8, _ = run_pass("tflite-quantize", tflite_cnn, tmp_path / "q", calibration={"input": sample(
         "cnn", batch=8, layout="nhwc")}, precision="int8")
     assert any("already quantised (int8)" in r for r in p.why_not(int8, PassContext(tmp_path)))
-    assert any("their float originals are lost" in r for r in get_pass("tflite-widen").why_not(int8, PassContext(tmp_path)))
+    widen = get_pass("tflite-widen")
+    assert any("their float originals are lost" in r for r in widen.why_not(int8, PassContext(tmp_path)))
 
 
 # --- TFLite → ONNX (tf2onnx) ---------------------------------------------------------------------------------------
@@ -200,3 +202,59 @@ def test_a_pytorch_model_reaches_tflite_through_onnx(tmp_path):
     x = sample("cnn", batch=1)
     got = infer(variants["tflite-fp32"], x.transpose(0, 2, 3, 1))
     np.testing.assert_allclose(got, torch_reference("cnn", x), atol=1e-4)
+
+
+# --- real models through optimize --------------------------------------------------------------------------------
+
+
+@needs_quantizer
+@pytest.mark.slow
+def test_a_real_tflite_detector_reaches_every_engine(tmp_path):
+    from edgepilot.evaluate.datasets import Dataset
+    from edgepilot.optimize import optimize_and_report
+
+    face = blazeface()
+    report, records = optimize_and_report(face, Dataset("faces", faces(8)), tmp_path / "out",
+                                          ["tflite", "micro", "onnx", "openvino"], calibration_samples=8,
+                                          seconds=0.05, max_accuracy_drop=None)
+    assert report.reference == "tflite-fp16" and report.source_precision == "fp16"  # the source itself
+    ok = {r.variant for r in records if r.status == "ok"}
+    assert {"tflite-fp32", "tflite-dynamic", "tflite-int8-weights", "tflite-int8", "micro-int8", "onnx-fp32"} <= ok
+    scored = [r for r in report.variants if r.agreement is not None and r.latency is not None and r.error is None]
+    assert len(scored) >= 8 and len({r.engine for r in scored}) >= 4
+    assert all(r.agreement.metric == "detection F1 at IoU 0.5" for r in scored)
+    by = {r.variant: r for r in scored}
+    for exact in ("tflite-fp32", "onnx-fp32", "openvino-fp32"):  # float conversions find the same faces
+        assert by[exact].agreement.value >= 0.99, exact
+    assert by["tflite-int8-weights"].agreement.value >= 0.9  # int8 weights, float compute
+    assert next(r for r in report.variants if r.variant == "micro-int8").arena_bytes > 0
+
+
+@needs_onnx2tf
+@pytest.mark.slow
+def test_a_real_onnx_classifier_reaches_litert_and_an_mcu(tmp_path):
+    from edgepilot.evaluate.datasets import Dataset
+    from edgepilot.optimize import optimize_and_report
+    from edgepilot.targets.select import Gates, select
+    from test_real_models import crops
+
+    source = Model.load(asset("ppocr-cls-v2", download=False))
+    x = crops(48, 192, per_photo=3)
+    report, records = optimize_and_report(source, Dataset("crops", x), tmp_path / "out", ["tflite", "micro"],
+                                          calibration_samples=len(x), seconds=0.05, max_accuracy_drop=None)
+    ok = {r.variant: r for r in records if r.status == "ok"}
+    assert {"tflite-fp32", "tflite-fp16", "tflite-dynamic", "tflite-int8", "micro-int8"} <= set(ok), \
+        {r.variant: r.reason for r in records if r.status != "ok"}
+    assert ok["tflite-int8"].pass_name == "onnx-to-tflite" and ok["tflite-int8"].calibration_sha256
+    results = {r.variant: r for r in report.variants}
+    assert results["tflite-fp32"].agreement.value >= 0.99 and results["tflite-fp32"].error is None
+    micro = results["micro-int8"]
+    assert micro.arena_bytes > 0 and micro.error is None
+    c_array = (tmp_path / "out" / "variants" / "micro-int8" / "g_model_data.cc").read_text()
+    assert "alignas(16)" in c_array
+    sel = select(report, "stm32h7", Gates(max_accuracy_drop=None))
+    if sel.chosen is not None:
+        assert sel.chosen.engine == "tflite-micro"
+    else:  # it says precisely why not
+        dropped = {c.variant: c.reasons for c in sel.dropped}
+        assert dropped["micro-int8"] and all(dropped.values())

@@ -88,12 +88,13 @@ def _unreachable(model: Model, wanted: set[str], planned: list[Step]) -> list[St
     built = {catalog.get(s.variant).family for s in planned} | ({catalog.get(start).family} if start else set())
     registered = all_passes()
 
-    def starts(variant: str) -> set[str]:  # the source formats some pass chain turns into `variant`
+    def starts(variant: str, seen: frozenset[str] = frozenset()) -> set[str]:
+        """The source formats some pass chain turns into `variant` (chains may loop: TFLite ↔ ONNX)."""
         found = {f.value for f in catalog.source_formats(variant)}
         for spec in catalog.CATALOGUE:
-            if spec.id == variant and spec.source != SOURCE:
-                found |= starts(spec.source)
-            elif spec.id == variant and spec.pass_name in registered:
+            if spec.id == variant and spec.source != SOURCE and spec.source not in seen:
+                found |= starts(spec.source, seen | {variant})
+            elif spec.id == variant and spec.source == SOURCE and spec.pass_name in registered:
                 found |= {f.value for f in registered[spec.pass_name].consumes}
         return found
 

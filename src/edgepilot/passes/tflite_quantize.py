@@ -6,19 +6,17 @@ codes, fp16 weights widened to fp32, a serving_default signature.
 """
 from __future__ import annotations
 
-import logging
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgepilot.errors import EdgepilotError, RuntimeFailure
-from edgepilot.formats.tflite_edit import DYNAMIC_INT8, INT8, INT8_WEIGHTS, modernize, signature_inputs, weight_precision
+from edgepilot.formats import tflite_edit as edit
 from edgepilot.model import Format, Model
 from edgepilot.optional import require
 from edgepilot.passes.base import Pass, PassContext
 from edgepilot.passes.calibration import calibration_set
 
-log = logging.getLogger(__name__)
 _FLOAT16_RECIPE = [{"regex": ".*", "operation": "*", "algorithm_key": "float_casting",
                     "op_config": {"weight_tensor_config": {"num_bits": 16, "dtype": "FLOAT"},
                                   "compute_precision": "FLOAT", "explicit_dequantize": True}}]
@@ -45,8 +43,8 @@ class TFLiteQuantize(Pass):
     def why_not(self, model: Model, ctx: PassContext) -> list[str]:
         reasons = super().why_not(model, ctx)
         if model.format == Format.TFLITE and not reasons:
-            stored = weight_precision(model.path.read_bytes())
-            if stored in (INT8, DYNAMIC_INT8, INT8_WEIGHTS):
+            stored = edit.weight_precision(model.path.read_bytes())
+            if stored in (edit.INT8, edit.DYNAMIC_INT8, edit.INT8_WEIGHTS):
                 reasons.append(f"{model.path.name} is already quantised ({stored}); quantise its float original")
             if "CUSTOM" in set(model.meta.get("ops") or []):
                 reasons.append("the model has custom operators, which LiteRT's quantiser cannot run to calibrate")
@@ -55,7 +53,7 @@ class TFLiteQuantize(Pass):
     def run(self, model: Model, options: Options, ctx: PassContext) -> Model:
         quantizer = require("ai_edge_quantizer.quantizer", "tf")
         qtyping = require("ai_edge_quantizer.qtyping", "tf")
-        buf, changes = modernize(model.path.read_bytes())
+        buf, changes = edit.modernize(model.path.read_bytes())
         ctx.notes.update({k: v for k, v in changes.items() if v})
         prepared = ctx.workdir / "source_fp32.tflite"
         prepared.write_bytes(buf)
@@ -93,6 +91,6 @@ def _calibration(model: Model, buf: bytes, ctx: PassContext, limit: int) -> dict
     """The calibration set as the quantiser takes it: a list of one-sample feeds for the signature, keyed by
     the signature's input names."""
     data = calibration_set(model, ctx, limit)
-    key, names = signature_inputs(buf)
+    key, names = edit.signature_inputs(buf)
     n = len(next(iter(data.values())))
     return {key: [{names.get(name, name): x[i:i + 1] for name, x in data.items()} for i in range(n)]}
