@@ -48,10 +48,13 @@ class Pass(ABC):
         if model.format not in self.consumes:
             reasons.append(f"{self.name} takes {', '.join(sorted(f.value for f in self.consumes))}, "
                            f"not {model.format.value}")
-        for module in self.requires:
-            if importlib.util.find_spec(module) is None:
-                reasons.append(f"'{module}' is not installed (pip install 'edgepilot[{self.extra}]')")
-        return reasons
+        return reasons + self.missing()
+
+    @classmethod
+    def missing(cls) -> list[str]:
+        """What this pass needs that is not installed here, in words (`edgepilot doctor` lists it)."""
+        return [f"'{module}' is not installed (pip install 'edgepilot[{cls.extra}]')"
+                for module in cls.requires if importlib.util.find_spec(module) is None]
 
     def options(self, **values: Any) -> BaseModel:
         try:

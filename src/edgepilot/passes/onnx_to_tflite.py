@@ -48,11 +48,10 @@ class OnnxToTFLite(Pass):
     requires = ("tensorflow", "tf_keras", "onnx_graphsurgeon", "onnx")
     extra = "tf"
 
-    def why_not(self, model: Model, ctx: PassContext) -> list[str]:
-        reasons = super().why_not(model, ctx)
-        if importlib.util.find_spec("onnx2tf") is None:
-            reasons.append(f"'onnx2tf' is not installed ({INSTALL_HINT})")
-        return reasons
+    @classmethod
+    def missing(cls) -> list[str]:
+        onnx2tf = [] if importlib.util.find_spec("onnx2tf") else [f"'onnx2tf' is not installed ({INSTALL_HINT})"]
+        return super().missing() + onnx2tf
 
     def run(self, model: Model, options: Options, ctx: PassContext) -> Model:
         work = ctx.workdir / "onnx2tf"
