@@ -142,22 +142,39 @@ def test_tflite_to_onnx_round_trip(tflite_cnn, tmp_path):
 # --- ONNX → TFLite (onnx2tf) ---------------------------------------------------------------------------------------
 
 
-@needs_onnx2tf
-@pytest.mark.parametrize("precision,tol", [("float32", 1e-4), ("int8", 0.1)])
-def test_onnx_to_tflite_round_trip(tmp_path, precision, tol):
-    onnx_model = Model.load(export_onnx("cnn", tmp_path / "cnn.onnx"))
-    calib = {onnx_model.inputs[0].name: sample("cnn", batch=32)}
-    out, ctx = run_pass("onnx-to-tflite", onnx_model, tmp_path / "tfl", calibration=calib, precision=precision)
-    assert out.inputs[0].shape == (1, 32, 32, 3)  # NHWC, as TFLite kernels want
-    assert not list((tmp_path / "tfl").glob("*.npy")) and not (tmp_path / "tfl" / "onnx2tf").exists()
+def _agrees_with_torch(model, tol):
     x = sample("cnn", batch=4)
     ref = torch_reference("cnn", x)
-    got = np.concatenate([infer(out, x[i:i + 1].transpose(0, 2, 3, 1)) for i in range(len(x))])
+    got = np.concatenate([infer(model, x[i:i + 1].transpose(0, 2, 3, 1)) for i in range(len(x))])
     assert np.abs(got - ref).max() <= tol * np.ptp(ref)
-    if precision == "int8":
-        assert out.inputs[0].dtype == "int8"
-        micro, _ = run_pass("tflite-to-micro", out, tmp_path / "micro")
-        assert micro.meta["arena_bytes"] > 0
+
+
+@needs_onnx2tf
+def test_onnx_to_tflite_float32(tmp_path):
+    onnx_model = Model.load(export_onnx("cnn", tmp_path / "cnn.onnx"))
+    out, ctx = run_pass("onnx-to-tflite", onnx_model, tmp_path / "tfl", precision="float32")
+    assert out.inputs[0].shape == (1, 32, 32, 3)  # NHWC, as TFLite kernels want
+    assert not list((tmp_path / "tfl").glob("*.npy")) and not (tmp_path / "tfl" / "onnx2tf").exists()
+    _agrees_with_torch(out, 1e-4)
+
+
+@needs_onnx2tf
+def test_onnx_to_tflite_makes_every_precision_in_one_calibrated_run(tmp_path):
+    onnx_model = Model.load(export_onnx("cnn", tmp_path / "cnn.onnx"))
+    calib = {onnx_model.inputs[0].name: sample("cnn", batch=32)}
+    p = get_pass("onnx-to-tflite")
+    built = {}
+    for precision, tol in [("int8", 0.1), ("float16", 0.01), ("dynamic", 0.05)]:
+        ctx = PassContext(tmp_path / precision, calibration=calib, cache_dir=tmp_path / "cache")
+        built[precision] = out = p.run(onnx_model, p.options(precision=precision), ctx)
+        assert ("reused" in ctx.notes) == (precision != "int8")  # the int8 run wrote the others too
+        assert ("calibration_samples" in ctx.notes) == (precision == "int8")
+        _agrees_with_torch(out, tol)
+    assert built["int8"].inputs[0].dtype == "int8"
+    assert weight_precision(built["float16"].path.read_bytes()) == "fp16"
+    assert weight_precision(built["dynamic"].path.read_bytes()) == "dynamic-int8"
+    micro, _ = run_pass("tflite-to-micro", built["int8"], tmp_path / "micro")  # and TFLite Micro from int8
+    assert micro.meta["arena_bytes"] > 0
 
 
 @needs_onnx2tf

@@ -151,7 +151,8 @@ def run_plan(model: Model, steps: list[Step], out: Path, calibration: Dataset | 
         p = registered[step.pass_name]()
         rec = Record(step.variant, "ok", step.pass_name, step.source, step.options, tools=_tools(p))
         src = variants.get(step.source)
-        ctx = PassContext(out / "variants" / step.variant, trust_model_code=trust_model_code)
+        ctx = PassContext(out / "variants" / step.variant, trust_model_code=trust_model_code,
+                          cache_dir=out / ".cache")
         t0 = time.perf_counter()
         try:
             if step.unreachable:
@@ -183,6 +184,7 @@ def run_plan(model: Model, steps: list[Step], out: Path, calibration: Dataset | 
         records.append(rec)
         if progress:
             progress.advance(task)
+    shutil.rmtree(out / ".cache", ignore_errors=True)
     (out / "lineage.json").write_text(json.dumps({
         "source": {"path": str(model.path), "format": model.format.value},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -48,7 +48,8 @@ def weight_precision(buf: bytes) -> str:
     for op in g.operators or []:
         if codes[op.opcodeIndex] == schema.BuiltinOperator.DEQUANTIZE and op.inputs[0] in const:
             dequantized.add(g.tensors[op.inputs[0]].type)
-    activation_types = {t.type for i, t in enumerate(g.tensors or []) if i not in const}
+    # a quantised activation has a scale: an unscaled uint8 image input cast to float is no int8 model
+    activation_types = {t.type for i, t in enumerate(g.tensors or []) if i not in const and _scaled(t)}
     weight_types = {g.tensors[i].type for i in const}
     if activation_types & {_INT8, _UINT8}:
         return INT8
@@ -150,6 +151,11 @@ def _signature(schema, g):
 
     sig.inputs, sig.outputs = maps(g.inputs), maps(g.outputs)
     return sig
+
+
+def _scaled(t) -> bool:
+    q = t.quantization
+    return q is not None and q.scale is not None and len(q.scale) > 0
 
 
 def _code(c) -> int:

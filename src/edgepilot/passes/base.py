@@ -28,6 +28,7 @@ class PassContext:
     input_shapes: dict[str, tuple[int, ...]] | None = None  # concrete input shapes by name (pnnx needs one)
     notes: dict[str, Any] = field(default_factory=dict)  # what the pass wants recorded in the lineage
     trust_model_code: bool = False  # the user lets passes run code from the model file (--trust-model-code)
+    cache_dir: Path | None = None  # shared by the passes of one plan (a converter that makes several variants at once)
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir)

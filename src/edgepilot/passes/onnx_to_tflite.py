@@ -7,6 +7,7 @@ pass writes that file from the calibration data first. Image inputs come out NHW
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import re
@@ -54,18 +55,36 @@ class OnnxToTFLite(Pass):
         return super().missing() + onnx2tf
 
     def run(self, model: Model, options: Options, ctx: PassContext) -> Model:
-        work = ctx.workdir / "onnx2tf"
-        shutil.rmtree(work, ignore_errors=True)
         shapes = _shapes(model, ctx)
+        # With calibration data one onnx2tf run writes every precision: the plan's other variants reuse it
+        calibrated = options.precision == "int8" or bool(ctx.calibration)
+        calibration = calibration_set(model, ctx, options.calibration_samples) if calibrated else None
+        if options.precision != "int8":
+            ctx.notes.pop("calibration_samples", None)  # calibrated int8 was made alongside, not this variant
+        key = _key(model, shapes, options, calibration)
+        work = ctx.cache_dir / "onnx2tf" / key if ctx.cache_dir else ctx.workdir / "onnx2tf"
+        found = sorted(work.glob(f"*_{_SUFFIX[options.precision]}.tflite")) if ctx.cache_dir else []
+        if not found:
+            shutil.rmtree(work, ignore_errors=True)
+            found = self._convert(model, options, ctx, shapes, calibration, work)
+        else:
+            ctx.notes["reused"] = "the onnx2tf run of an earlier variant of this plan"
+        out = ctx.workdir / f"model_{options.precision}.tflite"
+        shutil.copyfile(found[0], out)
+        if not ctx.cache_dir:
+            shutil.rmtree(work, ignore_errors=True)  # the SavedModel and the other precisions: not this variant's
+        ctx.notes["converter"] = "onnx2tf"
+        return Model.load(out)
+
+    def _convert(self, model: Model, options: Options, ctx: PassContext, shapes, calibration, work) -> list:
         static = _static_copy(model, shapes, ctx.workdir / "static.onnx")
         args = [sys.executable, "-m", "onnx2tf", "-i", str(static.resolve()), "-o", str(work), "-v", "error",
                 "-n"]  # -n: no onnxsim (not installed); _static_copy folded the shape arithmetic with onnxslim
         _write_sample(model, ctx)
-        if options.precision in ("dynamic", "int8"):
+        if calibration is not None or options.precision == "dynamic":
             args += ["-oiqt", "-qt", options.quant_type]
-        if options.precision == "int8":
-            args += ["-iqd", options.io_dtype, "-oqd", options.io_dtype,
-                     *self._calibration_args(model, ctx, options, shapes)]
+        if calibration is not None:
+            args += ["-iqd", options.io_dtype, "-oqd", options.io_dtype, *_calibration_args(model, ctx, calibration)]
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
         try:
             proc = subprocess.run(args, cwd=ctx.workdir, capture_output=True, text=True, timeout=options.timeout_s,
@@ -73,31 +92,36 @@ class OnnxToTFLite(Pass):
         except subprocess.TimeoutExpired as e:
             raise RuntimeFailure(f"onnx2tf took longer than {options.timeout_s} s on {model.path.name}",
                                  hint="raise the pass's timeout_s option") from e
+        finally:
+            for f in [*ctx.workdir.glob("*.npy"), static]:
+                f.unlink(missing_ok=True)
         found = sorted(work.glob(f"*_{_SUFFIX[options.precision]}.tflite"))
         if proc.returncode != 0 or not found:
             tail = [ln for ln in (proc.stderr + proc.stdout).strip().splitlines() if ln.strip()][-3:]
             raise RuntimeFailure(f"onnx2tf failed on {model.path.name} (exit {proc.returncode}): "
                                  f"{' | '.join(t.strip()[:200] for t in tail) or 'no message'}")
-        out = ctx.workdir / f"model_{options.precision}.tflite"
-        shutil.copyfile(found[0], out)
-        shutil.rmtree(work, ignore_errors=True)  # the SavedModel and the other precisions: not this variant's
-        for f in [*ctx.workdir.glob("*.npy"), static]:
-            f.unlink()
-        ctx.notes["converter"] = "onnx2tf"
-        return Model.load(out)
+        return found
 
-    @staticmethod
-    def _calibration_args(model: Model, ctx: PassContext, options: Options, shapes) -> list[str]:
-        data = calibration_set(model, ctx, options.calibration_samples)
-        args = ["-cind"]
-        for spec in model.inputs:
-            x = data[spec.name].astype(np.float32)
-            if x.ndim == 4:  # onnx2tf feeds its NHWC model: NCHW data is transposed
-                x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-            path = ctx.workdir / f"calibration_{len(args)}.npy"
-            np.save(path, x)
-            args += [spec.name, str(path), "[0.0]", "[1.0]"]  # the data is fed as given: mean 0, std 1
-        return args
+
+def _calibration_args(model: Model, ctx: PassContext, data: dict[str, np.ndarray]) -> list[str]:
+    args = ["-cind"]
+    for spec in model.inputs:
+        x = data[spec.name].astype(np.float32)
+        if x.ndim == 4:  # onnx2tf feeds its NHWC model: NCHW data is transposed
+            x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        path = ctx.workdir / f"calibration_{len(args)}.npy"
+        np.save(path, x)
+        args += [spec.name, str(path), "[0.0]", "[1.0]"]  # the data is fed as given: mean 0, std 1
+    return args
+
+
+def _key(model: Model, shapes, options: Options, calibration: dict[str, np.ndarray] | None) -> str:
+    """What an onnx2tf run depends on: the model, its input sizes, the int8 settings and the calibration data."""
+    h = hashlib.sha256(model.path.read_bytes())
+    h.update(repr((sorted(shapes.items()), options.quant_type, options.io_dtype)).encode())
+    for name in sorted(calibration or {}):
+        h.update(name.encode() + np.ascontiguousarray(calibration[name]).tobytes())
+    return h.hexdigest()[:16]
 
 
 def _shapes(model: Model, ctx: PassContext) -> dict[str, tuple[int, ...]]:
