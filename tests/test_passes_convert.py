@@ -139,6 +139,21 @@ def test_tflite_to_onnx_round_trip(tflite_cnn, tmp_path):
     np.testing.assert_allclose(infer(out, x, "onnxruntime"), infer(tflite_cnn, x, "litert"), atol=1e-4)
 
 
+def test_tflite_to_onnx_frees_a_fixed_batch_of_one(tmp_path):
+    fp32, _ = run_pass("tflite-widen", blazeface(), tmp_path / "fp32")
+    out, ctx = run_pass("tflite-to-onnx", fp32, tmp_path / "onnx")
+    assert ctx.notes["dynamic_batch"] is True and out.inputs[0].shape == ("batch", 128, 128, 3)
+    x = faces(3)
+    with open_session(out, "onnxruntime") as s:  # one run of 3 gives what 3 runs of 1 give
+        together = s.run({"input": x})
+        alone = [s.run({"input": x[i:i + 1]}) for i in range(3)]
+    with open_session(fp32, "litert") as s:
+        want = s.run({"input": x[:1]})
+    for name, got in together.items():
+        np.testing.assert_allclose(got, np.concatenate([a[name] for a in alone]), atol=1e-5)
+        np.testing.assert_allclose(got[:1], want[name], atol=1e-3, rtol=1e-4)
+
+
 # --- ONNX → TFLite (onnx2tf) ---------------------------------------------------------------------------------------
 
 
