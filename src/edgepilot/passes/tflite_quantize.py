@@ -55,8 +55,6 @@ class TFLiteQuantize(Pass):
         qtyping = require("ai_edge_quantizer.qtyping", "tf")
         buf, changes = edit.modernize(model.path.read_bytes())
         ctx.notes.update({k: v for k, v in changes.items() if v})
-        prepared = ctx.workdir / "source_fp32.tflite"
-        prepared.write_bytes(buf)
         granularity = getattr(qtyping.QuantGranularity, options.granularity.upper())
         if options.precision == "float16":
             rp = _FLOAT16_RECIPE
@@ -83,7 +81,6 @@ class TFLiteQuantize(Pass):
             raise RuntimeFailure(f"LiteRT's quantiser failed on {model.path.name}: {msg}") from e
         out = ctx.workdir / f"model_{options.precision}.tflite"
         out.write_bytes(bytes(result.quantized_model))
-        prepared.unlink()
         return Model.load(out)
 
 
