@@ -195,6 +195,22 @@ def test_onnx_to_tflite_makes_every_precision_in_one_calibrated_run(tmp_path):
 
 
 @needs_onnx2tf
+@pytest.mark.slow
+def test_onnx_to_tflite_keeps_an_nhwc_input_as_it_is(tmp_path):
+    fp32, _ = run_pass("tflite-widen", blazeface(), tmp_path / "fp32")
+    onnx_model, _ = run_pass("tflite-to-onnx", fp32, tmp_path / "onnx")  # NHWC, as tf2onnx keeps it
+    back, _ = run_pass("onnx-to-tflite", onnx_model, tmp_path / "back", shapes={"input": (1, 128, 128, 3)})
+    assert back.inputs[0].shape == (1, 128, 128, 3)
+    x = faces(1)
+    with open_session(fp32, "litert") as s:
+        want = s.run({"input": x})
+    with open_session(back, "litert") as s:
+        got = s.run({back.inputs[0].name: x})
+    for (name, w), g in zip(want.items(), got.values()):  # onnx2tf renames the outputs, in their order
+        np.testing.assert_allclose(g, w, atol=1e-3, rtol=1e-4, err_msg=name)
+
+
+@needs_onnx2tf
 def test_hard_sigmoid_is_rewritten_into_ops_tflite_micro_has(tmp_path):
     import onnx
     from onnx import TensorProto, helper

@@ -81,6 +81,9 @@ class OnnxToTFLite(Pass):
         args = [sys.executable, "-m", "onnx2tf", "-i", str(static.resolve()), "-o", str(work), "-v", "error",
                 "-n"]  # -n: no onnxsim (not installed); _static_copy folded the shape arithmetic with onnxslim
         _write_sample(model, ctx)
+        nhwc = [s.name for s in model.inputs if _is_nhwc(shapes.get(s.name) or s.shape)]
+        if nhwc:  # onnx2tf takes every 4-D input for NCHW; an NHWC one (a tf2onnx export) keeps its layout
+            args += ["-kat", *nhwc]
         if calibration is not None or options.precision == "dynamic":
             args += ["-oiqt", "-qt", options.quant_type]
         if calibration is not None:
@@ -103,11 +106,18 @@ class OnnxToTFLite(Pass):
         return found
 
 
+def _is_nhwc(shape) -> bool:
+    """A 4-D image input whose channels come last (1, 3 or 4 of them, after larger spatial sizes)."""
+    if not shape or len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]):
+        return False
+    return shape[3] in (1, 3, 4) and shape[1] > 4 and shape[2] > 4
+
+
 def _calibration_args(model: Model, ctx: PassContext, data: dict[str, np.ndarray]) -> list[str]:
     args = ["-cind"]
     for spec in model.inputs:
         x = data[spec.name].astype(np.float32)
-        if x.ndim == 4:  # onnx2tf feeds its NHWC model: NCHW data is transposed
+        if x.ndim == 4 and not _is_nhwc(x.shape):  # onnx2tf feeds its NHWC model: NCHW data is transposed
             x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
         path = ctx.workdir / f"calibration_{len(args)}.npy"
         np.save(path, x)
