@@ -268,6 +268,7 @@ def test_a_real_tflite_detector_reaches_every_engine(tmp_path):
                                           ["tflite", "micro", "onnx", "openvino", "mnn"], calibration_samples=8,
                                           seconds=0.05, max_accuracy_drop=None)
     assert report.reference == "tflite-fp16" and report.source_precision == "fp16"  # the source itself
+    assert "(tflite, weights in fp16)" in (tmp_path / "out" / "report.md").read_text().splitlines()[0]
     ok = {r.variant for r in records if r.status == "ok"}
     assert {"tflite-fp32", "tflite-dynamic", "tflite-int8-weights", "tflite-int8", "micro-int8", "onnx-fp32"} <= ok
     scored = [r for r in report.variants if r.agreement is not None and r.latency is not None and r.error is None]
