@@ -66,7 +66,16 @@ class OnnxToTFLite(Pass):
         found = sorted(work.glob(f"*_{_SUFFIX[options.precision]}.tflite")) if ctx.cache_dir else []
         if not found:
             shutil.rmtree(work, ignore_errors=True)
-            found = self._convert(model, options, ctx, shapes, calibration, work)
+            try:
+                found = self._convert(model, options, ctx, shapes, calibration, work)
+            except RuntimeFailure as e:
+                if calibration is None or options.precision not in ("float32", "float16"):
+                    raise
+                # the int8 step failed: a float variant does not need it
+                ctx.notes["int8_failed"] = e.message
+                work = work.with_name(work.name + "-float")
+                shutil.rmtree(work, ignore_errors=True)
+                found = self._convert(model, options, ctx, shapes, None, work)
         else:
             ctx.notes["reused"] = "the onnx2tf run of an earlier variant of this plan"
         out = ctx.workdir / f"model_{options.precision}.tflite"
@@ -84,7 +93,7 @@ class OnnxToTFLite(Pass):
         nhwc = [s.name for s in model.inputs if _is_nhwc(shapes.get(s.name) or s.shape)]
         if nhwc:  # onnx2tf takes every 4-D input for NCHW; an NHWC one (a tf2onnx export) keeps its layout
             args += ["-kat", *nhwc]
-        if calibration is not None or options.precision == "dynamic":
+        if calibration is not None or options.precision == "dynamic":  # dynamic comes with the int8 step
             args += ["-oiqt", "-qt", options.quant_type]
         if calibration is not None:
             args += ["-iqd", options.io_dtype, "-oqd", options.io_dtype, *_calibration_args(model, ctx, calibration)]
@@ -100,7 +109,8 @@ class OnnxToTFLite(Pass):
                 f.unlink(missing_ok=True)
         found = sorted(work.glob(f"*_{_SUFFIX[options.precision]}.tflite"))
         if proc.returncode != 0 or not found:
-            tail = [ln for ln in (proc.stderr + proc.stdout).strip().splitlines() if ln.strip()][-3:]
+            text = re.sub(r"\x1b\[[0-9;]*m", "", proc.stderr + proc.stdout)  # onnx2tf colours its errors
+            tail = [ln for ln in text.strip().splitlines() if ln.strip()][-3:]
             raise RuntimeFailure(f"onnx2tf failed on {model.path.name} (exit {proc.returncode}): "
                                  f"{' | '.join(t.strip()[:200] for t in tail) or 'no message'}")
         return found
