@@ -132,6 +132,20 @@ def test_tflite_quantize_refuses_what_it_cannot_take(tflite_cnn, tmp_path):
     assert any("their float originals are lost" in r for r in widen.why_not(int8, PassContext(tmp_path)))
 
 
+@needs_quantizer
+def test_tflite_quantize_can_keep_a_detector_head_in_float(tmp_path):
+    from edgepilot.formats.tflite_edit import head_tensors
+
+    face = blazeface()
+    head = head_tensors(face.path.read_bytes())
+    assert {"regressors", "classificators"} <= set(head) and len(head) < 20  # the outputs back to the last convs
+    out, ctx = run_pass("tflite-quantize", face, tmp_path, calibration={"input": faces(8)}, precision="int8",
+                        float_head=True)
+    assert ctx.notes["float_head_tensors"] == len(head)
+    assert [o.dtype for o in out.outputs] == ["float32", "float32"] and out.inputs[0].dtype == "int8"
+    assert weight_precision(out.path.read_bytes()) == "int8"
+
+
 # --- TFLite → ONNX (tf2onnx) ---------------------------------------------------------------------------------------
 
 

@@ -235,6 +235,7 @@ RETRIES: dict[str, list[dict[str, Any]]] = {
     "onnx-quantize-dynamic": [{"per_channel": True}, {"per_channel": True, "reduce_range": True},
                               {"per_channel": True, "exclude_sensitive": True}],
     "openvino-nncf-int8": [{"preset": "mixed"}, {"exclude_head": True}, {"exclude_sensitive": True}],
+    "tflite-quantize": [{"float_head": True}],
 }
 
 

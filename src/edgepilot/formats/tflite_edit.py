@@ -136,6 +136,28 @@ def _text(b) -> str:
     return b.decode() if isinstance(b, bytes) else str(b)
 
 
+def head_tensors(buf: bytes) -> list[str]:
+    """Names of the tensors a detection head computes: from the outputs back to and including the last weight
+    layers (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED). Raw logits over a wide range (BlazeFace's scores run
+    from -250 to 3) lose their sign in int8; these are the ops to keep in float."""
+    m = _load(buf)
+    ops = _schema().BuiltinOperator
+    weighted = {ops.CONV_2D, ops.DEPTHWISE_CONV_2D, ops.FULLY_CONNECTED}
+    codes = [_code(c) for c in m.operatorCodes or []]
+    g = m.subgraphs[0]
+    producer = {int(o): op for op in g.operators or [] for o in op.outputs}
+    names, stack, seen = [], [int(i) for i in g.outputs], set()
+    while stack:
+        op = producer.get(stack.pop())
+        if op is None or id(op) in seen:
+            continue
+        seen.add(id(op))
+        names += [_text(g.tensors[int(o)].name) for o in op.outputs]
+        if codes[op.opcodeIndex] not in weighted:
+            stack += [int(i) for i in op.inputs if i >= 0]
+    return sorted(set(names))
+
+
 def _signature(schema, g):
     sig = schema.SignatureDefT()
     sig.signatureKey = b"serving_default"

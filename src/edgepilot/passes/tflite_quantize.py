@@ -6,6 +6,7 @@ codes, fp16 weights widened to fp32, a serving_default signature.
 """
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -30,6 +31,8 @@ class Options(BaseModel):
                                "and activations in int8 (calibrated), int8 I/O")
     calibration_samples: int = Field(100, ge=1, description="representative samples for int8")
     granularity: Literal["channelwise", "tensorwise"] = Field("channelwise", description="weight scales per")
+    float_head: bool = Field(False, description="keep the ops from the last weight layers to the outputs in float "
+                                                "(a detector's raw scores lose their sign in int8); not for float16")
 
 
 class TFLiteQuantize(Pass):
@@ -67,6 +70,11 @@ class TFLiteQuantize(Pass):
                 manager.add_weight_only_config(".*", op, 8, granularity)
             else:
                 manager.add_static_config(".*", op, 8, 8, granularity)
+            if options.float_head:
+                head = edit.head_tensors(buf)
+                for name in head:  # the quantiser names an op by its outputs: "a;b;"
+                    manager.add_quantization_config(f"(^|;){re.escape(name)};", op, algorithm_key="no_quantize")
+                ctx.notes["float_head_tensors"] = len(head)
             rp = manager.get_quantization_recipe()
         try:
             q = quantizer.Quantizer(buf, rp)
