@@ -30,6 +30,11 @@ def test_doctor_lists_all_engines():
     assert not engines["tensorrt"]["available"]  # no TensorRT and no GPU on this machine
     assert engines["tensorrt"]["detail"]
     assert report["host"]["logical_cores"] >= 1 and report["host"]["ram_bytes"] > 0
+    passes = {p["name"]: p for p in report["passes"]}
+    assert passes["tflite-to-onnx"]["from"] == ["tflite"] and passes["onnx-to-tflite"]["to"] == "tflite"
+    assert all(p["available"] == (p["detail"] == "") for p in passes.values())
+    torch_route = next(r for r in report["routes"] if r["from"] == "pytorch" and r["to"] == "tflite")
+    assert "onnx-to-tflite" in torch_route["via"] and "litert-torch" in torch_route["detail"]
 
 
 def test_doctor_table():

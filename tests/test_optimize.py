@@ -30,7 +30,8 @@ def test_plan_follows_the_source_format(tmp_path):
     steps = [s.variant for s in plan(onnx)]
     assert plan(onnx)[0].pass_name == "onnx-fold-constants" and steps[0] == "onnx-fp32"  # weights in initializers
     assert {"openvino-fp32", "mnn-fp32", "ncnn-fp32"} <= set(steps)
-    assert not any(v.startswith("tflite") for v in steps)  # no ONNX → TFLite path
+    by = {s.variant: s for s in plan(onnx)}
+    assert by["tflite-int8"].pass_name == "onnx-to-tflite" and by["micro-int8"].source == "tflite-int8"
     openvino_only = {s.variant for s in plan(onnx, ["openvino"])}
     assert {"openvino-fp32", "openvino-fp16"} <= openvino_only  # built from the folded onnx-fp32
     assert all(v.startswith("openvino") for v in openvino_only - {"onnx-fp32"})

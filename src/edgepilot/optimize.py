@@ -66,7 +66,7 @@ def plan(model: Model, families: list[str] | None = None) -> list[Step]:
         raise ConfigError(f"unknown format {sorted(unknown)[0]!r}",
                           hint=f"choose from {', '.join(catalog.FAMILIES)}")
     registered = all_passes()
-    start = catalog.source_variant(model.format)
+    start = catalog.source_variant(model)
     have = {SOURCE} | ({start} if start else set())
     steps: list[Step] = []
     for spec in catalog.CATALOGUE:
@@ -84,16 +84,17 @@ def plan(model: Model, families: list[str] | None = None) -> list[Step]:
 
 def _unreachable(model: Model, wanted: set[str], planned: list[Step]) -> list[Step]:
     """A skipped step for each variant of a wanted family that neither the plan nor the source provides."""
-    start = catalog.source_variant(model.format)
+    start = catalog.source_variant(model)
     built = {catalog.get(s.variant).family for s in planned} | ({catalog.get(start).family} if start else set())
     registered = all_passes()
 
-    def starts(variant: str) -> set[str]:  # the source formats some pass chain turns into `variant`
-        found = {f.value for f in Format if catalog.source_variant(f) == variant}
+    def starts(variant: str, seen: frozenset[str] = frozenset()) -> set[str]:
+        """The source formats some pass chain turns into `variant` (chains may loop: TFLite ↔ ONNX)."""
+        found = {f.value for f in catalog.source_formats(variant)}
         for spec in catalog.CATALOGUE:
-            if spec.id == variant and spec.source != SOURCE:
-                found |= starts(spec.source)
-            elif spec.id == variant and spec.pass_name in registered:
+            if spec.id == variant and spec.source != SOURCE and spec.source not in seen:
+                found |= starts(spec.source, seen | {variant})
+            elif spec.id == variant and spec.source == SOURCE and spec.pass_name in registered:
                 found |= {f.value for f in registered[spec.pass_name].consumes}
         return found
 
@@ -131,7 +132,7 @@ def run_plan(model: Model, steps: list[Step], out: Path, calibration: Dataset | 
     variants: dict[str, Model] = {SOURCE: model}
     records: list[Record] = []
     sanity = SanityCheck(calibration)  # every variant loads, runs and gives the reference's output shapes
-    start = catalog.source_variant(model.format)
+    start = catalog.source_variant(model)
     if start:
         variants[start] = _copy_source(model, out / "variants" / start)
         records.append(Record(start, "ok", source=SOURCE, reason="the source model itself",
@@ -150,7 +151,8 @@ def run_plan(model: Model, steps: list[Step], out: Path, calibration: Dataset | 
         p = registered[step.pass_name]()
         rec = Record(step.variant, "ok", step.pass_name, step.source, step.options, tools=_tools(p))
         src = variants.get(step.source)
-        ctx = PassContext(out / "variants" / step.variant, trust_model_code=trust_model_code)
+        ctx = PassContext(out / "variants" / step.variant, trust_model_code=trust_model_code,
+                          cache_dir=out / ".cache")
         t0 = time.perf_counter()
         try:
             if step.unreachable:
@@ -182,6 +184,7 @@ def run_plan(model: Model, steps: list[Step], out: Path, calibration: Dataset | 
         records.append(rec)
         if progress:
             progress.advance(task)
+    shutil.rmtree(out / ".cache", ignore_errors=True)
     (out / "lineage.json").write_text(json.dumps({
         "source": {"path": str(model.path), "format": model.format.value},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -232,6 +235,7 @@ RETRIES: dict[str, list[dict[str, Any]]] = {
     "onnx-quantize-dynamic": [{"per_channel": True}, {"per_channel": True, "reduce_range": True},
                               {"per_channel": True, "exclude_sensitive": True}],
     "openvino-nncf-int8": [{"preset": "mixed"}, {"exclude_head": True}, {"exclude_sensitive": True}],
+    "tflite-quantize": [{"float_head": True}],
 }
 
 
@@ -258,7 +262,8 @@ def optimize_and_report(source: Model, ds: Dataset, out: Path, families: list[st
     eval_set = ds.subset(eval_samples, seed=1)
     variants, records = run_plan(source, plan(source, families), out, calib, progress, sample, trust_model_code)
     results, ref = evaluate_variants(variants, eval_set, seconds=seconds, threads=threads, progress=progress,
-                                     task=task, postprocess=postprocess, shapes=shapes)
+                                     task=task, postprocess=postprocess, shapes=shapes,
+                                     reference=catalog.source_variant(source))
     gates = Gates(max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement)
     analysed = variants.get("onnx-fp32") or (source if source.format in (Format.ONNX, Format.KERAS) else None)
     report = build_report(source, ds, results, ref, analysed)

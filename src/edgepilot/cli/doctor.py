@@ -20,7 +20,26 @@ def doctor_report() -> dict:
                         "version": engine.version() if ok else None, "detail": why})
     from edgepilot.targets.profiles import detect_host
 
-    return {"host": host_info().model_dump(), "target": detect_host().model_dump(), "engines": engines}
+    return {"host": host_info().model_dump(), "target": detect_host().model_dump(), "engines": engines,
+            "passes": pass_report(), "routes": routes()}
+
+
+def pass_report() -> list[dict]:
+    from edgepilot.passes import all_passes
+
+    return [{"name": name, "from": sorted(f.value for f in p.consumes), "to": p.produces.value,
+             "available": not p.missing(), "detail": "; ".join(p.missing())} for name, p in all_passes().items()]
+
+
+def routes() -> list[dict]:
+    """How the sources that have more than one conceivable route reach a family, and why that one."""
+    import importlib.util
+
+    litert_torch = importlib.util.find_spec("litert_torch") is not None
+    return [{"from": "pytorch", "to": "tflite", "via": "torch-to-onnx → onnx-to-tflite (onnx2tf)",
+             "detail": ("litert-torch is installed, but edgepilot converts through ONNX" if litert_torch else
+                        "litert-torch is not used: it does not install beside the pinned torch (it pulls jax and "
+                        "downgrades pydantic)")}]
 
 
 def register(app: typer.Typer) -> None:
@@ -55,3 +74,12 @@ def register(app: typer.Typer) -> None:
             table.add_row(e["name"], ", ".join(e["formats"]),
                           "[green]yes[/green]" if e["available"] else "[red]no[/red]", e["detail"])
         console.print(table)
+        passes = Table(title="Passes")
+        for col in ("pass", "from → to", "available", "detail"):
+            passes.add_column(col)
+        for p in report["passes"]:
+            passes.add_row(p["name"], f"{', '.join(p['from'])} → {p['to']}",
+                           "[green]yes[/green]" if p["available"] else "[red]no[/red]", p["detail"])
+        console.print(passes)
+        for r in report["routes"]:
+            console.print(f"{r['from']} → {r['to']}: via {r['via']} ({r['detail']})")

@@ -145,7 +145,8 @@ def _families_for(target: str, requested: list[str] | None) -> list[str]:
 
 def print_summary(console: Console, report, records, out: Path) -> None:
     """The variants table, then every failure, flag and error, then where the report is."""
-    t = Table(title=f"{Path(report.source).name}: {len(report.variants)} variants, {report.task or 'no task'}; "
+    own = f" ({report.source_precision} weights)" if report.source_precision else ""
+    t = Table(title=f"{Path(report.source).name}{own}: {len(report.variants)} variants, {report.task or 'no task'}; "
                     f"agreement with the reference {report.reference}")
     labels = ["top-1 (labels)"] if report.labelled else []  # without labels there is no accuracy to show
     for col in ("variant", "engine", "KiB", *labels, report.task_metric or "agreement", "p50 ms", "p99 ms",

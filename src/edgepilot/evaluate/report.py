@@ -55,6 +55,8 @@ class VariantResult(BaseModel):
 
 class Report(BaseModel):
     source: str
+    source_format: str | None = None
+    source_precision: str | None = None  # what the source's weights are stored in, where its file says (TFLite)
     dataset: str
     samples: int
     reference: str | None
@@ -136,8 +138,10 @@ def score_variant(r: VariantResult, outputs: dict[str, np.ndarray], ref: Referen
 
 def evaluate_variants(variants: dict[str, Model], ds: Dataset, *, seconds: float = 2.0, threads: int | None = None,
                       progress=None, task: str | None = None, postprocess: PostprocessConfig | None = None,
-                      shapes: dict[str, tuple[int, ...]] | None = None) -> tuple[list[VariantResult], Reference | None]:
-    """Every variant measured the same way and scored for its task against the first float32 reference that ran.
+                      shapes: dict[str, tuple[int, ...]] | None = None,
+                      reference: str | None = None) -> tuple[list[VariantResult], Reference | None]:
+    """Every variant measured the same way and scored for its task against `reference` (the variant the source
+    model already is) where it ran, else the first float32 reference that ran.
 
     Returns the results and the reference (for variants measured later, e.g. by the gate's retries)."""
     outputs: dict[str, dict[str, np.ndarray]] = {}
@@ -152,7 +156,7 @@ def evaluate_variants(variants: dict[str, Model], ds: Dataset, *, seconds: float
         results.append(r)
         if progress:
             progress.advance(bar)
-    reference = next((v for v in catalog.REFERENCES if v in outputs), None)
+    reference = next((v for v in (reference, *catalog.REFERENCES) if v in outputs), None)
     ref = None
     if reference is not None:
         spec = resolve(variants[reference], task, postprocess)
@@ -232,7 +236,8 @@ def build_report(source: Model, ds: Dataset, results: list[VariantResult], refer
     stick = measure_yardstick()
     overall, worst = weight_error(analysed) if analysed is not None else ([], [])
     spec = reference.spec if reference is not None else None
-    return Report(source=str(source.path), dataset=ds.name, samples=len(ds),
+    return Report(source=str(source.path), source_format=source.format.value,
+                  source_precision=catalog.source_precision(source), dataset=ds.name, samples=len(ds),
                   reference=reference.variant if reference is not None else None,
                   task=spec.describe() if spec else None, task_metric=HEADLINE[spec.task] if spec else None,
                   labelled=any(r.top1 is not None for r in results),
@@ -285,7 +290,8 @@ def write_report(report: Report, out: Path) -> None:
                else "; the dataset has no labels, so no accuracy is measured.")
     head = ["variant", "engine", "size KiB", *labels, *(c[0] for c in cols), "max abs err", "SQNR dB",
             "p50 ms", "p90 ms", "p99 ms", "samples/s", "peak RSS MiB", "note"]
-    lines = [f"# edgepilot report: {Path(report.source).name}", "",
+    own = f" ({report.source_format}, weights in {report.source_precision})" if report.source_precision else ""
+    lines = [f"# edgepilot report: {Path(report.source).name}{own}", "",
              f"Dataset: {report.dataset} ({report.samples} samples). Measured on {report.host} ({report.cpu}); "
              f"batch 1.", "", scores, "", _row(head),
              _row(["---" if h in ("variant", "engine", "note") else "---:" for h in head])]

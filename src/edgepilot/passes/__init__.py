@@ -24,6 +24,10 @@ _REGISTRY = (
     "edgepilot.passes.tflite_to_micro:TFLiteToMicro",
     "edgepilot.passes.onnx_to_tensorrt:OnnxToTensorRT",
     "edgepilot.passes.mnn_quantize:MNNQuantizeInt8",
+    "edgepilot.passes.tflite_widen:TFLiteWiden",
+    "edgepilot.passes.tflite_quantize:TFLiteQuantize",
+    "edgepilot.passes.tflite_to_onnx:TFLiteToOnnx",
+    "edgepilot.passes.onnx_to_tflite:OnnxToTFLite",
 )
 
 __all__ = ["Pass", "PassContext", "all_passes", "get_pass"]

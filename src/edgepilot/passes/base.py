@@ -28,6 +28,7 @@ class PassContext:
     input_shapes: dict[str, tuple[int, ...]] | None = None  # concrete input shapes by name (pnnx needs one)
     notes: dict[str, Any] = field(default_factory=dict)  # what the pass wants recorded in the lineage
     trust_model_code: bool = False  # the user lets passes run code from the model file (--trust-model-code)
+    cache_dir: Path | None = None  # shared by the passes of one plan (a converter that makes several variants at once)
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir)
@@ -48,10 +49,13 @@ class Pass(ABC):
         if model.format not in self.consumes:
             reasons.append(f"{self.name} takes {', '.join(sorted(f.value for f in self.consumes))}, "
                            f"not {model.format.value}")
-        for module in self.requires:
-            if importlib.util.find_spec(module) is None:
-                reasons.append(f"'{module}' is not installed (pip install 'edgepilot[{self.extra}]')")
-        return reasons
+        return reasons + self.missing()
+
+    @classmethod
+    def missing(cls) -> list[str]:
+        """What this pass needs that is not installed here, in words (`edgepilot doctor` lists it)."""
+        return [f"'{module}' is not installed (pip install 'edgepilot[{cls.extra}]')"
+                for module in cls.requires if importlib.util.find_spec(module) is None]
 
     def options(self, **values: Any) -> BaseModel:
         try:

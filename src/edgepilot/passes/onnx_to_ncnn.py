@@ -41,7 +41,14 @@ class OnnxToNcnn(Pass):
         # The binary directly: pnnx.convert() ignores its exit status and then runs the Python it generated.
         argv = [pnnx.EXEC_PATH, str(model.path.resolve()), "inputshape=[" + ",".join(map(str, shape)) + "]",
                 f"fp16={int(options.precision == 'fp16')}", *(f"{k}={stem}{suffix}" for k, suffix in _OUTPUTS.items())]
-        done = subprocess.run(argv, cwd=ctx.workdir, check=False, capture_output=True, text=True, timeout=600)
+        # pnnx also writes <source>.pnnxsim.onnx beside its input: inside the source variant's folder
+        sim = model.path.with_name(model.path.stem + ".pnnxsim.onnx")
+        stray = not sim.exists()
+        try:
+            done = subprocess.run(argv, cwd=ctx.workdir, check=False, capture_output=True, text=True, timeout=600)
+        finally:
+            if stray:
+                sim.unlink(missing_ok=True)
         param = stem.with_suffix(".param")
         if done.returncode != 0 or not param.is_file():
             tail = [ln for ln in (done.stdout + done.stderr).splitlines() if ln.strip()][-2:]
