@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgepilot.errors import EdgepilotError, RuntimeFailure
+from edgepilot.errors import EdgepilotError, RuntimeFailure, first_line
 from edgepilot.formats import tflite_edit as edit
 from edgepilot.model import Format, Model
 from edgepilot.optional import require
@@ -85,7 +85,7 @@ class TFLiteQuantize(Pass):
         except EdgepilotError:
             raise
         except Exception as e:  # the quantiser raises ValueError/RuntimeError with its reason
-            msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            msg = first_line(e)[:300]
             raise RuntimeFailure(f"LiteRT's quantiser failed on {model.path.name}: {msg}") from e
         out = ctx.workdir / f"model_{options.precision}.tflite"
         out.write_bytes(bytes(result.quantized_model))

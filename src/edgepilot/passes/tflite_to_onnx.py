@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgepilot.errors import RuntimeFailure
+from edgepilot.errors import RuntimeFailure, first_line
 from edgepilot.model import Format, Model
 from edgepilot.optional import require
 from edgepilot.passes.base import Pass, PassContext
@@ -39,7 +39,7 @@ class TFLiteToOnnx(Pass):
         try:
             tf2onnx.convert.from_tflite(str(model.path), opset=options.opset, output_path=str(out))
         except Exception as e:  # tf2onnx raises ValueError/KeyError/... naming the op it cannot take
-            msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            msg = first_line(e)[:300]
             raise RuntimeFailure(f"tf2onnx cannot convert {model.path.name}: {msg}") from e
         ctx.notes["opset"] = options.opset
         if options.dynamic_batch:
