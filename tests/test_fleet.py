@@ -277,8 +277,9 @@ def test_remote_configuration_rolls_out_as_a_bundle_with_the_same_model(fleet):
 def test_wrong_outputs_stopped_in_the_canary_by_confidence_shift(fleet):
     ids = fleet.agents(processes=1, per_process=4)
     wait_fleet(fleet.port, ids, 1)
+    # the latency criterion is set out of reach: on a shared machine p95 is noise, and the confidence alone must stop it
     code, out = finish(fleet.rollout(fleet_bundle(fleet.tmp, fleet.key, 2, kind="flat"), "--canary", "25%",
-                                     "--waves", "50,100", "--observe", "2s"))
+                                     "--waves", "50,100", "--observe", "2s", "--max-latency-ratio", "1000"))
     assert code == 1 and out["state"] == "rolled_back", out
     canary = out["stages"][0]
     reasons = canary["decision"]["reasons"]
