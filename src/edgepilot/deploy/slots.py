@@ -44,6 +44,7 @@ class Update(BaseModel):
     version: int | None = None
     reason: str = ""
     trial: dict | None = None
+    probation: dict | None = None  # the probation's decision, when it rolled this update back
     at: str = ""
 
 
@@ -73,6 +74,7 @@ class StateDir:
         self.root = Path(root)
         self.slots, self.staging, self.incoming = self.root / "slots", self.root / "staging", self.root / "incoming"
         self.file, self.current = self.root / "state.json", self.root / "current"
+        self.health = self.root / "health"  # the runtime's health report (EDGEPILOT_HEALTH_DIR)
         self._points = 0
         self._kill_at = int(os.environ.get(KILL_ENV, "0") or 0)
 
@@ -87,7 +89,7 @@ class StateDir:
         return self._points
 
     def ensure(self) -> None:
-        for d in (self.root, self.slots, self.incoming):
+        for d in (self.root, self.slots, self.incoming, self.health):
             d.mkdir(parents=True, exist_ok=True)
 
     def read(self) -> DeviceState:
