@@ -119,6 +119,11 @@ def test_a_model_that_crashes_the_runtime_is_rolled_back_after_three_crashes(kit
     assert run.wait(120) == 0, run.stderr.read()
     h = _health(state)
     assert h["version"] == 1 and h["slot"] == st.active and h["inferred"] == 300 and not h["running"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), *sys.path])}
+    shown = subprocess.run([sys.executable, "-c", "from edgepilot.cli import main; main()", "agent", "probation",
+                            "--state", str(state)], env=env, capture_output=True, text=True, timeout=120)
+    shown = json.loads(shown.stdout)
+    assert shown["probation"]["decision"]["verdict"] == "rolled back" and shown["outcome"] is None
 
 
 def test_a_confidence_shift_in_probation_rolls_back_while_the_server_answers(kit):
