@@ -222,3 +222,28 @@ def test_a_probation_of_an_uncommitted_version_is_ignored(kit):
     (state / probation.PROBATION_FILE).write_text(json.dumps(_p().model_dump()))  # left by a kill before a commit
     assert agent.on_probation() is None and agent.check_probation() is None
     assert agent.state().committed().version == 1
+
+
+def test_a_health_report_that_cannot_be_written_never_stops_the_runtime(tmp_path):
+    (tmp_path / "pipeline.yaml").write_text("{}")
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    health = probation.RuntimeHealth(blocked / "health", tmp_path / "pipeline.yaml")  # mkdir under a file fails
+    health.update({"counters": {"inferred": 5}})
+    health.stop()
+    assert not (blocked / "health").exists()
+
+
+def test_the_runtime_counts_an_unclean_end_as_a_crash_and_a_clean_one_not(tmp_path):
+    slot = tmp_path / "slots" / "a"
+    slot.mkdir(parents=True)
+    (slot / "manifest.json").write_text(json.dumps({"version": 4}))
+    (slot / "pipeline.yaml").write_text("{}")
+    folder = tmp_path / "health"
+    probation.RuntimeHealth(folder, slot / "pipeline.yaml").stop()  # a clean end
+    second = probation.RuntimeHealth(folder, slot / "pipeline.yaml")
+    assert (second.data["starts"], second.data["crashes"]) == (2, 0) and second.data["slot"] == "a"
+    second.data["pid"] = 2**22 + 7  # its process died without closing the report
+    second._write()
+    third = probation.RuntimeHealth(folder, slot / "pipeline.yaml")
+    assert (third.data["starts"], third.data["crashes"], third.data["version"]) == (3, 1, 4)

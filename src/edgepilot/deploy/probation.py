@@ -13,12 +13,14 @@ previous run on the same model never ended cleanly (killed, or exited with an er
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+log = logging.getLogger(__name__)
 HEALTH_ENV = "EDGEPILOT_HEALTH_DIR"
 HEALTH_FILE = "runtime.json"
 PROBATION_FILE = "probation.json"
@@ -81,8 +83,7 @@ class RuntimeHealth:
 
     def __init__(self, folder: Path, pipeline_yaml: Path) -> None:
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.path = folder / HEALTH_FILE
+        self.path, self._failed = folder / HEALTH_FILE, False
         where = Path(pipeline_yaml).resolve().parent  # through the agent's `current` link: the slot itself
         version = None
         try:
@@ -98,7 +99,17 @@ class RuntimeHealth:
                      "crashes": old.get("crashes", 0) + (1 if unclean else 0) if same else 0,
                      "started_at": time.time(), "updated_at": time.time(), "inferred": 0, "errors": 0,
                      "error_rate": 0.0, "p95_infer_ms": None, "confidence_mean": None, "confidence_n": 0}
-        _write_json(self.path, self.data)
+        self._write()
+
+    def _write(self) -> None:
+        """A health report that cannot be written never stops the runtime (the agent then sees none)."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            _write_json(self.path, self.data)
+        except OSError as e:
+            if not self._failed:
+                log.warning("cannot write the health report %s (%s): probation sees no health", self.path, e)
+            self._failed = True
 
     def update(self, snapshot: dict) -> None:
         c = snapshot.get("counters", {})
@@ -109,13 +120,13 @@ class RuntimeHealth:
                          error_rate=round(errors / max(1, inferred + errors), 6),
                          p95_infer_ms=(snapshot.get("stages_ms", {}).get("infer") or {}).get("p95"),
                          confidence_mean=conf.get("mean"), confidence_n=conf.get("n", 0))
-        _write_json(self.path, self.data)
+        self._write()
 
     def stop(self, snapshot: dict | None = None) -> None:
         if snapshot is not None:
             self.update(snapshot)
         self.data["running"] = False
-        _write_json(self.path, self.data)
+        self._write()
 
 
 # -- the agent's side ---------------------------------------------------------------------------------------------
