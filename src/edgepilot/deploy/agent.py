@@ -4,7 +4,8 @@
 
 The active slot is never written during an update, and state.json names it until the one rename that commits the
 new slot, so a kill at any point leaves the committed model loadable; `recover()` (run at every start) finishes
-the story of an interrupted update and empties the work areas.
+the story of an interrupted update and empties the work areas. After a commit that replaced a model, the new one
+is on probation (probation.py): `check_probation()` rolls it back when its health breaches the thresholds.
 """
 from __future__ import annotations
 

@@ -5,6 +5,7 @@
       current -> slots/a   what the runtime loads (repaired from state.json at every start)
       slots/a/ slots/b/    extracted, verified bundles (manifest.json beside the files)
       staging/  incoming/  work areas, emptied at every start
+      health/runtime.json  the runtime's health report; probation.json: the committed model's probation (probation.py)
 
 Every change is a temp file, fsync, rename, fsync of the folder. `EDGEPILOT_AGENT_KILL_AT=N` SIGKILLs the agent at
 its Nth persistence point: the crash test's hook.
