@@ -11,8 +11,9 @@ from edgepilot.deploy.bundle import Gates
 FEATURES, CLASSES = 8, 4
 
 
-def classifier(path: Path, seed: int = 0, *, permute: bool = False) -> Path:
-    """y = softmax(x @ W + b): [1, 8] -> [1, 4]. `permute` swaps the classes (a model that disagrees)."""
+def classifier(path: Path, seed: int = 0, *, permute: bool = False, scale: float = 1.0) -> Path:
+    """y = softmax(x @ W + b): [1, 8] -> [1, 4]. `permute` swaps the classes (a model that disagrees); `scale`
+    multiplies the logits (the same top-1 class, a flatter or sharper confidence)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -21,6 +22,7 @@ def classifier(path: Path, seed: int = 0, *, permute: bool = False) -> Path:
     b = rng.standard_normal(CLASSES).astype(np.float32)
     if permute:
         w, b = w[:, ::-1].copy(), b[::-1].copy()
+    w, b = (w * scale).astype(np.float32), (b * scale).astype(np.float32)
     graph = helper.make_graph(
         [helper.make_node("Gemm", ["input", "w", "b"], ["logits"]),
          helper.make_node("Softmax", ["logits"], ["output"])],

@@ -135,15 +135,34 @@ def register(app: typer.Typer) -> None:
 
         _print(Agent(state, []).rollback(reason).to_dict())
 
+    probation_opt = typer.Option(600.0, "--probation-s", min=1, help="Seconds a committed model stays on "
+                                 "probation (health watched, rolled back on a breach).")
+
+    @agent.command("probation")
+    def agent_probation(state: Path = state_opt) -> None:
+        """Judge the committed model's probation once (roll back on a breach) and print it."""
+        from edgepilot.deploy import probation
+        from edgepilot.deploy.agent import Agent
+
+        a = Agent(state, [])
+        out = a.check_probation()
+        p = probation.load(a.dir.root)
+        _print({"probation": p.model_dump() if p else None, "outcome": out.to_dict() if out else None,
+                "health": probation.read_health(a.dir.health)})
+
     @agent.command("watch")
     def agent_watch(inbox: Path = typer.Option(..., help="Folder to install dropped .edgebundle files from."),
                     state: Path = state_opt, key: list[Path] = key_opt, engine: str = engine_opt,
-                    interval: float = typer.Option(5.0, min=0.1, help="Seconds between looks at the inbox.")) -> None:
-        """Run as a service: install bundles as they arrive, feeding the systemd watchdog (sd_notify)."""
-        from edgepilot.deploy.agent import watch
+                    interval: float = typer.Option(5.0, min=0.1, help="Seconds between looks at the inbox."),
+                    probation_s: float = probation_opt) -> None:
+        """Run as a service: install bundles as they arrive and judge the committed model's probation, feeding the
+        systemd watchdog (sd_notify)."""
+        from edgepilot.deploy.agent import Agent, watch
         from edgepilot.deploy.notify import notify
+        from edgepilot.deploy.probation import Thresholds
 
-        watch(_agent(state, key, engine), inbox, interval, notify=notify)
+        agent_ = Agent(state, _keys(key), engine=engine, thresholds=Thresholds(window_s=probation_s))
+        watch(agent_, inbox, interval, notify=notify)
 
     @app.command("deploy-script")
     def deploy_script(platform: str = typer.Option(..., help="raspberry-pi, jetson or generic."),

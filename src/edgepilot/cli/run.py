@@ -41,6 +41,12 @@ def register(app: typer.Typer) -> None:
         if check:
             typer.echo(f"{config}: valid ({Pipeline.check(cfg)})")
             return
+        import os
+
+        from edgepilot.deploy.probation import HEALTH_ENV, RuntimeHealth
+
+        # under the device agent: report health for its probation, from before the model loads (a crash counts)
+        health = RuntimeHealth(Path(os.environ[HEALTH_ENV]), config) if os.environ.get(HEALTH_ENV) else None
         pipeline = Pipeline(cfg)
         for sig in (signal.SIGINT, signal.SIGTERM):  # finish what is in flight, flush sinks, then exit
             signal.signal(sig, lambda *_: pipeline.stop())
@@ -48,12 +54,16 @@ def register(app: typer.Typer) -> None:
 
         def on_stats(s: dict) -> None:
             sys.stderr.write(stats_line(s) + "\n")
+            if health is not None:
+                health.update(s)
             notify("WATCHDOG=1")  # systemd's watchdog is fed by the pipeline's own loop, not by a side thread
 
         notify("READY=1")
         summary = pipeline.run(duration=duration, max_items=max_items, stats_interval_s=stats_interval,
                                on_stats=on_stats)
         sys.stderr.write(stats_line(summary) + "\n")
+        if health is not None:
+            health.stop(summary)  # a clean end: the next start is not a crash
         if as_json:
             typer.echo(json.dumps(summary, indent=2, default=str))
         for problem in summary["problems"]:

@@ -5,6 +5,7 @@
       current -> slots/a   what the runtime loads (repaired from state.json at every start)
       slots/a/ slots/b/    extracted, verified bundles (manifest.json beside the files)
       staging/  incoming/  work areas, emptied at every start
+      health/runtime.json  the runtime's health report; probation.json: the committed model's probation (probation.py)
 
 Every change is a temp file, fsync, rename, fsync of the folder. `EDGEPILOT_AGENT_KILL_AT=N` SIGKILLs the agent at
 its Nth persistence point: the crash test's hook.
@@ -44,6 +45,7 @@ class Update(BaseModel):
     version: int | None = None
     reason: str = ""
     trial: dict | None = None
+    probation: dict | None = None  # the probation's decision, when it rolled this update back
     at: str = ""
 
 
@@ -73,6 +75,7 @@ class StateDir:
         self.root = Path(root)
         self.slots, self.staging, self.incoming = self.root / "slots", self.root / "staging", self.root / "incoming"
         self.file, self.current = self.root / "state.json", self.root / "current"
+        self.health = self.root / "health"  # the runtime's health report (EDGEPILOT_HEALTH_DIR)
         self._points = 0
         self._kill_at = int(os.environ.get(KILL_ENV, "0") or 0)
 
@@ -87,7 +90,7 @@ class StateDir:
         return self._points
 
     def ensure(self) -> None:
-        for d in (self.root, self.slots, self.incoming):
+        for d in (self.root, self.slots, self.incoming, self.health):
             d.mkdir(parents=True, exist_ok=True)
 
     def read(self) -> DeviceState:

@@ -106,6 +106,18 @@ def _fed_shape(pre: Preprocessor, spec: TensorSpec) -> tuple[int, ...]:
     return tuple(d if isinstance(d, int) and d >= 0 else f for d, f in zip(spec.shape, fed))
 
 
+def _top1(item: Item) -> float | None:
+    """The result's top-1 score (best class, or best detection): what probation compares between models."""
+    r = item.result
+    if r is None:
+        return None
+    if r.kind == "classification" and r.classes:
+        return float(r.classes[0][2])
+    if r.kind == "detection" and r.detections:
+        return float(max(d.score for d in r.detections))
+    return None
+
+
 class Pipeline:
     def __init__(self, cfg: PipelineConfig, *, check_only: bool = False) -> None:
         """Loads the model, checks its outputs against the decoder and opens the sources and sinks; `check_only`
@@ -308,6 +320,8 @@ class Pipeline:
             self.stats.stage("postprocess", dt)
             if item.error:  # failed inference was counted by the scheduler
                 self.stats.count("errors", item.source)
+            elif (top1 := _top1(item)) is not None:
+                self.stats.confidence(top1)
         if item.error:
             log.warning("%s #%d: %s", item.source, item.seq, item.error)
         t0 = time.perf_counter()

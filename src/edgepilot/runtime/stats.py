@@ -29,6 +29,7 @@ class PipelineStats:
         self.first_done: float | None = None  # the first and latest completion: fps after start-up
         self.last_done: float | None = None
         self.recorder = recorder or default_recorder()
+        self._confidence: deque[float] = deque(maxlen=window)  # top-1 score of each result: the model's certainty
 
     def stage(self, name: str, seconds: float, n: int = 1) -> None:
         with self._lock:
@@ -50,6 +51,10 @@ class PipelineStats:
             self.counters["batches"] += 1
             self.counters["inferred"] += batch if ok else 0
         self.recorder.record(seconds, batch=batch, ok=ok)
+
+    def confidence(self, score: float) -> None:
+        with self._lock:
+            self._confidence.append(score)
 
     def set_queue_depth(self, depth: int) -> None:
         self.queue_depth = depth
@@ -83,6 +88,8 @@ class PipelineStats:
                 "counters": dict(self.counters),
                 "sources": {k: dict(v) for k, v in self.per_source.items()},
                 "stages_ms": stages,
+                "confidence": {"mean": round(float(np.mean(self._confidence)), 6), "n": len(self._confidence)}
+                if self._confidence else {"mean": None, "n": 0},
             }
 
 
