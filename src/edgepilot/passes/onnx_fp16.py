@@ -1,6 +1,17 @@
-"""ONNX fp32 → fp16 weights and compute, keeping fp32 inputs and outputs (onnxconverter-common)."""
+"""ONNX fp32 → fp16 weights and compute, keeping fp32 inputs and outputs (onnxconverter-common), with two repairs.
+
+onnxconverter-common's converter gets two things wrong on real exports, and both are fixed here:
+- On YOLOv8 exports (ultralytics, PyTorch ≥ 2) it retypes the outputs of `Cast(to=FLOAT)` nodes in the anchor
+  grid to float16 but leaves their `to` attribute at FLOAT: onnxruntime refuses the file ("Type Error: Type
+  (tensor(float16)) of output arg ... does not match expected type (tensor(float))"). Such Casts are retargeted
+  to FLOAT16, the type the rest of the converted graph expects of them.
+- Weights beyond `max_finite_val` are clamped to it; PaddleOCR's v4 text detector holds a BatchNorm variance of
+  9.8e7, and clamping it wrecks the probability map (mask IoU 0.38 vs fp32). The nodes that read such weights
+  (and the Constant nodes that hold them) stay in fp32 instead.
+"""
 from __future__ import annotations
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgepilot.errors import RuntimeFailure
@@ -18,6 +29,8 @@ class Options(BaseModel):
     node_block_list: list[str] = Field(default_factory=list, description="node names to keep in fp32")
     min_positive_val: float = Field(1e-7, gt=0, description="smaller non-zero weights are clamped to this")
     max_finite_val: float = Field(1e4, gt=0, description="larger weights are clamped to this (fp16 max is 65504)")
+    keep_out_of_range: bool = Field(True, description="keep the nodes whose float weights exceed max_finite_val "
+                                                      "in fp32 rather than clamping those weights")
 
 
 class OnnxFp16(Pass):
@@ -38,15 +51,59 @@ class OnnxFp16(Pass):
         onnx = require("onnx", "onnx")
         float16 = require("onnxconverter_common.float16", "onnxtools")
         proto = onnx.load(str(model.path))
+        blocked = out_of_range_nodes(proto.graph, options.max_finite_val) if options.keep_out_of_range else []
+        node_block_list = list(dict.fromkeys([*options.node_block_list, *blocked]))
         try:
             converted = float16.convert_float_to_float16(
                 proto, min_positive_val=options.min_positive_val, max_finite_val=options.max_finite_val,
                 keep_io_types=options.keep_io_types, op_block_list=options.op_block_list,
-                node_block_list=options.node_block_list or None)
+                node_block_list=node_block_list or None)
         except Exception as e:
             lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
             raise RuntimeFailure(f"fp16 conversion of {model.path.name} failed: "
                                  f"{lines[-1][:300] if lines else type(e).__name__}") from e
+        retargeted = retarget_casts(converted.graph)
+        ctx.notes["kept_fp32_out_of_range"] = blocked
+        ctx.notes["casts_retargeted"] = retargeted
         out = ctx.workdir / "model_fp16.onnx"
         onnx.save(converted, str(out))
         return Model.load(out)
+
+
+def out_of_range_nodes(graph, limit: float) -> list[str]:
+    """Names of the nodes that read a float32 weight (initializer or Constant output) with a magnitude over `limit`,
+    and of the Constant nodes that hold one. Unnamed nodes get a name, since the converter blocks by name."""
+    from onnx import TensorProto, numpy_helper
+
+    def too_big(t) -> bool:
+        return t.data_type == TensorProto.FLOAT and bool(np.abs(numpy_helper.to_array(t)).max(initial=0) > limit)
+
+    big = {t.name for t in graph.initializer if too_big(t)}
+    holders = []
+    for node in graph.node:
+        if node.op_type == "Constant" and any(a.name == "value" and too_big(a.t) for a in node.attribute):
+            big.update(node.output)
+            holders.append(node)
+    readers = [n for n in graph.node if n.op_type != "Constant" and big.intersection(n.input)]
+    names = []
+    for i, node in enumerate(holders + readers):
+        if not node.name:
+            node.name = f"edgepilot_fp32_{i}_{node.op_type}"
+        names.append(node.name)
+    return names
+
+
+def retarget_casts(graph) -> list[str]:
+    """Make every `Cast(to=FLOAT)` whose output the converted graph declares float16 cast to FLOAT16; their names."""
+    from onnx import TensorProto
+
+    declared = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.output]}
+    fixed = []
+    for node in graph.node:
+        if node.op_type != "Cast" or declared.get(node.output[0]) != TensorProto.FLOAT16:
+            continue
+        for a in node.attribute:
+            if a.name == "to" and a.i == TensorProto.FLOAT:
+                a.i = TensorProto.FLOAT16
+                fixed.append(node.name or node.output[0])
+    return fixed
