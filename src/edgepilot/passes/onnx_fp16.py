@@ -7,7 +7,7 @@ onnxconverter-common's converter gets two things wrong on real exports, and both
   to FLOAT16, the type the rest of the converted graph expects of them.
 - Weights beyond `max_finite_val` are clamped to it; PaddleOCR's v4 text detector holds a BatchNorm variance of
   9.8e7, and clamping it wrecks the probability map (mask IoU 0.38 vs fp32). The nodes that read such weights
-  (and the Constant nodes that hold them) stay in fp32 instead.
+  stay in fp32 instead.
 """
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ class OnnxFp16(Pass):
         onnx = require("onnx", "onnx")
         float16 = require("onnxconverter_common.float16", "onnxtools")
         proto = onnx.load(str(model.path))
-        blocked = out_of_range_nodes(proto.graph, options.max_finite_val) if options.keep_out_of_range else []
+        blocked = out_of_range_nodes(proto, options.max_finite_val) if options.keep_out_of_range else []
         node_block_list = list(dict.fromkeys([*options.node_block_list, *blocked]))
         try:
             converted = float16.convert_float_to_float16(
@@ -70,23 +70,26 @@ class OnnxFp16(Pass):
         return Model.load(out)
 
 
-def out_of_range_nodes(graph, limit: float) -> list[str]:
-    """Names of the nodes that read a float32 weight (initializer or Constant output) with a magnitude over `limit`,
-    and of the Constant nodes that hold one. Unnamed nodes get a name, since the converter blocks by name."""
+def out_of_range_nodes(proto, limit: float) -> list[str]:
+    """Names of the nodes that read a float32 weight with a magnitude over `limit`, for the converter's block list.
+
+    Where a Constant node holds such a weight (paddle2onnx exports), the Constants are folded into initializers
+    first: the converter casts a blocked Constant's output to fp16 after it (inf), while it leaves a blocked
+    node's initializers in fp32. Unnamed readers get a name, since the converter blocks by name."""
     from onnx import TensorProto, numpy_helper
+
+    from edgepilot.passes.onnx_fold_constants import fold_constants
 
     def too_big(t) -> bool:
         return t.data_type == TensorProto.FLOAT and bool(np.abs(numpy_helper.to_array(t)).max(initial=0) > limit)
 
+    graph = proto.graph
+    if any(n.op_type == "Constant" and any(a.name == "value" and too_big(a.t) for a in n.attribute)
+           for n in graph.node):
+        fold_constants(proto)
     big = {t.name for t in graph.initializer if too_big(t)}
-    holders = []
-    for node in graph.node:
-        if node.op_type == "Constant" and any(a.name == "value" and too_big(a.t) for a in node.attribute):
-            big.update(node.output)
-            holders.append(node)
-    readers = [n for n in graph.node if n.op_type != "Constant" and big.intersection(n.input)]
     names = []
-    for i, node in enumerate(holders + readers):
+    for i, node in enumerate(n for n in graph.node if big.intersection(n.input)):
         if not node.name:
             node.name = f"edgepilot_fp32_{i}_{node.op_type}"
         names.append(node.name)
