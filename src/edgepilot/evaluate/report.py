@@ -18,7 +18,7 @@ from edgepilot.evaluate.accuracy import predict
 from edgepilot.evaluate.benchmark import BenchConfig, benchmark
 from edgepilot.evaluate.datasets import Dataset, fit_to_input
 from edgepilot.evaluate.latency import LatencyStats
-from edgepilot.evaluate.tasks import HEADLINE, Agreement, TaskSpec, align, label_accuracy, resolve, score
+from edgepilot.evaluate.tasks import HEADLINE, Agreement, TaskSpec, align, label_accuracy, ran_at, resolve, score
 from edgepilot.evaluate.yardstick import Yardstick
 from edgepilot.evaluate.yardstick import measure as measure_yardstick
 from edgepilot.host import host_info
@@ -159,7 +159,9 @@ def evaluate_variants(variants: dict[str, Model], ds: Dataset, *, seconds: float
     reference = next((v for v in (reference, *catalog.REFERENCES) if v in outputs), None)
     ref = None
     if reference is not None:
-        spec = resolve(variants[reference], task, postprocess)
+        model = variants[reference]  # resolved at the shapes it ran at: a dynamic H/W has no decoder size
+        sample = fit_to_input(ds.subset(1), model.inputs[0]).shape if model.inputs else ()
+        spec = resolve(ran_at(model, sample, outputs[reference]), task, postprocess)
         ref_result = next(r for r in results if r.variant == reference)
         ref = Reference(reference, ref_result, align(outputs[reference], spec), spec)
         score_variant(ref_result, outputs[reference], ref, ds.y)  # the reference first: the others need its top-1

@@ -115,6 +115,22 @@ def infer_task(model: Model) -> Task:
     return "tensors"
 
 
+def ran_at(model: Model, sample: tuple[int, ...], outputs: dict[str, np.ndarray]) -> Model:
+    """`model` as it ran: its first input at the `sample` shape (batch 1), every dynamic output at the shape
+    it gave (batch 1). A model with dynamic H/W says its task and decoder only at a concrete size."""
+    from dataclasses import replace
+
+    def concrete(spec: TensorSpec, shape: tuple[int, ...] | None) -> TensorSpec:
+        return spec if spec.is_static or shape is None else replace(spec, shape=(1, *shape[1:]))
+
+    got = {k: np.shape(v) for k, v in outputs.items()}
+    by_order = list(got.values())
+    inputs = [concrete(s, tuple(sample)) if i == 0 else s for i, s in enumerate(model.inputs)]
+    outs = [concrete(s, got.get(s.name, by_order[i] if i < len(by_order) else None))
+            for i, s in enumerate(model.outputs)]
+    return replace(model, inputs=inputs, outputs=outs)
+
+
 def resolve(model: Model, task: str | None = None, postprocess: PostprocessConfig | None = None) -> TaskSpec:
     """The task of `model`'s outputs: the one given, else inferred; ConfigError where a detector lacks a decoder."""
     if task is not None and task not in TASKS:
