@@ -36,6 +36,10 @@ def test_demo_builds_and_measures_every_family(tmp_path):
     assert "micro-int8" in rows and rows["micro-int8"]["engine"] == "tflite-micro"
     assert (out / "report.html").read_text().count("<img") == 6  # task metric, accuracy, latency, size, Pareto, bits
     assert "trained the article's CNN" in proc.stdout and "report:" in proc.stdout
+    # third-party output (MNN's "MNN use ... precision", TensorFlow's logs) is in the demo's log, not on the console
+    console = (proc.stdout + proc.stderr).splitlines()
+    assert not [ln for ln in console if "MNN use" in ln or "tensorflow" in ln.lower()], console
+    assert "MNN use" in (out / "demo.log").read_text()
 
 
 def test_faces_demo_runs_with_its_default_relative_out(tmp_path):

@@ -51,9 +51,12 @@ def train(ds: Dataset, path: Path, epochs: int, max_samples: int) -> tuple[Model
 
 
 def run_demo(out: Path, dataset: str = "mnist", epochs: int = 2, train_samples: int = 20000,
-             seconds: float = 1.0, threads: int | None = None) -> None:
-    from edgepilot.cli import native_stdout_to_stderr, wide_console
+             seconds: float = 1.0, threads: int | None = None, verbose: bool = False) -> None:
+    """Train, optimise and report under `out`. What TensorFlow, the converters and the runtimes print goes to
+    OUT/demo.log (also to the terminal with `verbose`); the terminal shows the progress and the summary."""
+    from edgepilot.cli import wide_console
     from edgepilot.cli.optimize import print_summary
+    from edgepilot.logcapture import run_log
     from edgepilot.optimize import optimize_and_report
 
     console = wide_console()
@@ -63,7 +66,8 @@ def run_demo(out: Path, dataset: str = "mnist", epochs: int = 2, train_samples: 
         train_set, test_set = load_dataset("mnist-train"), ds
     else:
         train_set, test_set = split(ds)
-    with Progress(console=console, transient=True) as progress, native_stdout_to_stderr():
+    with run_log(out / "demo.log", verbose) as terminal, \
+            Progress(console=wide_console(file=terminal), transient=True) as progress:
         task = progress.add_task(f"training the article's CNN on {ds.name}", total=None)
         model, train_acc = train(train_set, out / "cnn.keras", epochs, train_samples)
         progress.remove_task(task)
@@ -74,4 +78,4 @@ def run_demo(out: Path, dataset: str = "mnist", epochs: int = 2, train_samples: 
                                               eval_samples=min(len(test_set), 2000), seconds=seconds,
                                               threads=threads, progress=progress)
     console.print(trained)
-    print_summary(console, report, records, out)
+    print_summary(console, report, records, out, log=out / "demo.log")

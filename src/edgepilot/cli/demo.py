@@ -17,13 +17,16 @@ def demo(ctx: typer.Context,
          epochs: int = typer.Option(2, min=1, help="Training epochs."),
          train_samples: int = typer.Option(20000, min=100, help="Training images used."),
          seconds: float = typer.Option(1.0, min=0.1, help="Latency time budget per variant."),
-         threads: int = typer.Option(None, min=1, help="Runtime threads (default: the runtime's own).")) -> None:
+         threads: int = typer.Option(None, min=1, help="Runtime threads (default: the runtime's own)."),
+         verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show TensorFlow's, the converters' and "
+                                      "the runtimes' own output (it always goes to OUT/demo.log).")) -> None:
     """Train the reference article's CNN, convert it into every format an engine here runs, and report."""
     if ctx.invoked_subcommand is not None:
         return
     from edgepilot.demo import run_demo
 
-    run_demo(out, dataset=dataset, epochs=epochs, train_samples=train_samples, seconds=seconds, threads=threads)
+    run_demo(out, dataset=dataset, epochs=epochs, train_samples=train_samples, seconds=seconds, threads=threads,
+             verbose=verbose)
 
 
 @demo_app.command()

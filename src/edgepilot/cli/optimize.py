@@ -143,8 +143,8 @@ def _families_for(target: str, requested: list[str] | None) -> list[str]:
     return [f for f in families if requested is None or f in requested]
 
 
-def print_summary(console: Console, report, records, out: Path) -> None:
-    """The variants table, then every failure, flag and error, then where the report is."""
+def print_summary(console: Console, report, records, out: Path, log: Path | None = None) -> None:
+    """The variants table, then every failure, flag and error, then where the report and the run's log are."""
     own = f" ({report.source_precision} weights)" if report.source_precision else ""
     t = Table(title=f"{Path(report.source).name}{own}: {len(report.variants)} variants, {report.task or 'no task'}; "
                     f"agreement with the reference {report.reference}")
@@ -169,4 +169,4 @@ def print_summary(console: Console, report, records, out: Path) -> None:
         for note in r.flags + ([r.error] if r.error else []):
             console.print(f"[yellow]{r.variant}: {escape(note)}[/yellow]", soft_wrap=True)
     console.print(f"report: {out / 'report.html'} ({out / 'report.md'})  lineage: {out / 'lineage.json'}  "
-                  f"log: {out / 'optimize.log'}", soft_wrap=True)
+                  f"log: {log or out / 'optimize.log'}", soft_wrap=True)
