@@ -129,10 +129,10 @@ def measure(tmp: Path, video: Path, model: str) -> dict:
     threads, pre = probe.plan.model_threads, probe.preprocess
     session = open_session(probe.model, cfg.model.engine, threads=threads)
     probe.run(max_items=1)
-    _, tensors = decoder_rate(cfg, pre)
-    model_rate(session, pre.spec.name, tensors[:20])  # warm-up
     in_process = cfg.model_copy(deep=True)
     in_process.sources[0].decode = "thread"
+    _, tensors = decoder_rate(in_process, pre)
+    model_rate(session, pre.spec.name, tensors[:20])  # warm-up
     dec, mod, pipe, cpu, pipe_t, cpu_t, e2e = [], [], [], [], [], [], []
     for _ in range(ROUNDS):
         dec.append(decoder_rate(in_process, pre)[0])

@@ -121,3 +121,20 @@ def test_shared_memory_is_released_however_the_pipeline_ends(tmp_path, face_vide
     else:
         assert proc.returncode == 0, proc.stderr.read()
     assert segments(proc.pid) == []
+
+
+def test_a_process_source_read_outside_a_pipeline_hands_out_copies_and_never_stalls(face_video):
+    """A consumer that keeps items without calling done() (a script, a benchmark) gets copies: more frames than
+    the ring has slots go through, equal to the in-process decoder's."""
+    from edgepilot.runtime.sources import open_source
+
+    def frames(decode: str) -> list:
+        source = open_source({"type": "video", "path": str(face_video), "decode": decode})
+        try:
+            return [item.frame for item in source]
+        finally:
+            source.stop()
+
+    process, thread = frames("process"), frames("thread")
+    assert len(process) == len(thread) == 105
+    assert all((a == b).all() and a.base is None for a, b in zip(process, thread))

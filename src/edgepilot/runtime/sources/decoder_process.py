@@ -47,6 +47,7 @@ class ProcessSource(Source):
         self.cfg, self.inner, self.slots, self.max_restarts = cfg, inner, slots, max_restarts
         self.fps = getattr(inner, "fps", None)
         self.stages: Stages | None = None
+        self.zero_copy = False  # another consumer may keep items without calling done(): it gets copies
         self._resume: dict | None = None
         self._ring: shared_memory.SharedMemory | None = None
         self._layout: tuple | None = None  # frame shape, tensor shape, tensor dtype, slot bytes
@@ -57,8 +58,10 @@ class ProcessSource(Source):
         self.decoder_pid: int | None = None
 
     def attach(self, stages: Stages) -> None:
-        """The pipeline's quality and preprocessing, to run in the child (items then come with their tensors)."""
+        """The pipeline's quality and preprocessing, to run in the child (items then come with their tensors); the
+        pipeline calls `item.done()` on every item, so its items point into the ring instead of holding copies."""
         self.stages = stages
+        self.zero_copy = True
 
     def position(self, item: Item) -> dict[str, Any] | None:
         return self.inner.position(item)
@@ -200,8 +203,12 @@ class ProcessSource(Source):
         item.meta["preprocessed"] = self.stages is not None
         if header.get("skipped_quality"):
             item.meta["skipped_quality_before"] = header["skipped_quality"]
-        if slot is not None:
+        if slot is not None and self.zero_copy:
             item.release = lambda: self._release(slot)
+        elif slot is not None:  # copied out, and the slot goes straight back
+            item.frame = frame.copy()
+            item.tensor = None if tensor is None else tensor.copy()
+            self._release(slot)
         return item
 
     def _release(self, slot: int) -> None:
