@@ -322,6 +322,20 @@ def test_the_runtime_runs_without_tensorflow_or_pytorch(tmp_path, face_video):
     assert json.loads(proc.stdout)["counters"]["completed"] == len(truth)
 
 
+def test_a_sensor_pipeline_runs_without_opencv(tmp_path):
+    """A sensor-only device installs no vision extra: block cv2 and run a sensor pipeline to its end."""
+    sensor_model(tmp_path / "m.onnx")
+    (tmp_path / "s.csv").write_text("t,h\n21.0,40\n35.5,80\n")
+    config = write_config(tmp_path / "p.yaml", {
+        "name": "nocv", "model": {"path": "m.onnx"}, "sources": [{"type": "sensor", "path": "s.csv"}],
+        "preprocess": {"fields": ["t", "h"]}, "postprocess": {"type": "raw"}, "sinks": []})
+    blocker = ("import sys\nsys.modules['cv2'] = None\nfrom edgepilot.cli import main; main()\n")
+    proc = subprocess.run([sys.executable, "-c", blocker, "run", str(config), "--json"], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["counters"]["completed"] == 2
+
+
 def test_config_paths_are_relative_to_the_file(tmp_path):
     (tmp_path / "sub").mkdir()
     cfg = write_config(tmp_path / "sub" / "p.yaml", {

@@ -43,7 +43,6 @@ class QualityChecker:
 
     def __init__(self, cfg: QualityConfig | None = None) -> None:
         self.cfg = cfg or QualityConfig()
-        self._cv2 = require("cv2", "vision")
         self._lock = threading.Lock()
         self._last: dict[str, tuple[np.ndarray, int]] = {}  # source -> (small gray frame, identical run length)
         self._checked = 0
@@ -53,7 +52,7 @@ class QualityChecker:
 
     def measure(self, frame: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
         """The small gray copy and its mean, std and Laplacian variance."""
-        cv2 = self._cv2
+        cv2 = require("cv2", "vision")  # here, not at start: a sensor pipeline needs no OpenCV
         gray = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
         h, w = gray.shape[:2]
         if w > WORK_WIDTH:
@@ -78,7 +77,7 @@ class QualityChecker:
             prev = self._last.get(item.source)
             run = 0
             if prev is not None and prev[0].shape == gray.shape:
-                diff = float(self._cv2.absdiff(gray, prev[0]).mean())
+                diff = float(require("cv2", "vision").absdiff(gray, prev[0]).mean())
                 metrics["diff"] = diff
                 run = prev[1] + 1 if diff < cfg.frozen_diff else 0
             self._last[item.source] = (gray, run)
