@@ -17,7 +17,7 @@ import re
 import zipfile
 from pathlib import Path
 
-from edgepilot.errors import ModelError
+from edgepilot.errors import ModelError, first_line
 from edgepilot.model import Format, Model, TensorSpec
 from edgepilot.optional import require
 
@@ -49,7 +49,7 @@ def load_torchscript(path: Path):
     try:
         return torch.jit.load(str(path), map_location="cpu")
     except Exception as e:
-        raise ModelError(f"{path}: PyTorch cannot load it ({_first_line(e)})") from e
+        raise ModelError(f"{path}: PyTorch cannot load it ({first_line(e)})") from e
 
 
 def load_exported_program(path: Path):
@@ -59,7 +59,7 @@ def load_exported_program(path: Path):
     try:
         return torch.export.load(str(path))
     except Exception as e:
-        raise ModelError(f"{path}: PyTorch cannot load this torch.export program ({_first_line(e)})") from e
+        raise ModelError(f"{path}: PyTorch cannot load this torch.export program ({first_line(e)})") from e
 
 
 # Globals a TorchScript pickle may name: TorchScript classes, tensor rebuilders, storages and qschemes.
@@ -92,7 +92,7 @@ def _pickle_globals(path: Path, member: str, data: bytes) -> list[tuple[str, str
             if op.name != "MEMOIZE":  # it leaves the stack as it is
                 recent = [recent[1], arg]
     except Exception as e:
-        raise ModelError(f"{path}: {member} is not a valid pickle ({_first_line(e)})") from e
+        raise ModelError(f"{path}: {member} is not a valid pickle ({first_line(e)})") from e
     return found
 
 
@@ -149,7 +149,7 @@ def _restricted_load(path: Path, name: str, data: bytes):
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:
         why = next((ln.strip() for ln in str(e).splitlines() if "Unsupported" in ln or "WeightsUnpickler" in ln),
-                   _first_line(e)).split(" Please")[0]  # torch goes on to say how to allow the global
+                   first_line(e)).split(" Please")[0]  # torch goes on to say how to allow the global
         raise ModelError(f"{path}: {name} is a pickle that PyTorch's restricted loader refuses ({why}); "
                          "edgepilot never unpickles arbitrary objects",
                          hint="the file may run code when loaded: re-export it with torch.export.save from "
@@ -195,8 +195,3 @@ def _open_zip(path: Path) -> zipfile.ZipFile:
         return zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as e:
         raise ModelError(f"{path}: not a readable PyTorch archive ({e})") from e
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__

@@ -87,11 +87,15 @@ def error_response(e: EdgepilotError) -> Response:
     return json_response({"error": str(e)}, e.http_status, headers)
 
 
-@asynccontextmanager
-async def accounted(request: Request, protocol: str, name: str, version: str | None):
+def accounted(request: Request, protocol: str, name: str, version: str | None):
     """Count the inference request and its latency in /metrics, whatever its outcome; `slot` learns the version
     that served it."""
-    metrics = request.app.state.metrics
+    return accounted_in(request.app.state.metrics, protocol, name, version)
+
+
+@asynccontextmanager
+async def accounted_in(metrics, protocol: str, name: str, version: str | None):
+    """`accounted` for any protocol, given the server's metrics (gRPC has no HTTP request)."""
     slot = {"version": version or ""}
     t0 = time.perf_counter()
     code = 200

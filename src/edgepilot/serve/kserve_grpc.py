@@ -17,7 +17,7 @@ import numpy as np
 from edgepilot import __version__
 from edgepilot.errors import EdgepilotError, InputError
 from edgepilot.optional import require
-from edgepilot.serve.http import ServerSettings, check_authorization
+from edgepilot.serve.http import ServerSettings, accounted_in, check_authorization
 from edgepilot.serve.kserve import EXTENSIONS
 from edgepilot.serve.tensors import from_bytes, from_json_data, kserve_dtype, to_bytes, wire_shape
 
@@ -96,13 +96,12 @@ class InferenceService:
                      for s in served.outputs])
 
     async def ModelInfer(self, request, context):
-        metrics, name = self.state.metrics, request.model_name
-        t0, code, version = time.perf_counter(), 200, request.model_version
-        try:
+        name = request.model_name
+        async with accounted_in(self.state.metrics, "grpc", name, request.model_version or None) as slot:
             self._auth(context)
             feeds = parse_inputs(request)
             with self.state.repo.use(name, request.model_version or None) as served:
-                version = str(served.version)
+                slot["version"] = str(served.version)
                 names = [s.name for s in served.outputs]
                 wanted = [o.name for o in request.outputs] or names
                 unknown = [n for n in wanted if n not in names]
@@ -113,14 +112,6 @@ class InferenceService:
                 response = self._response(request, served, {n: outputs[n] for n in wanted})
                 served.encoded(time.perf_counter() - t1)
                 return response
-        except EdgepilotError as e:
-            code = e.http_status
-            raise
-        except Exception:
-            code = 500
-            raise
-        finally:
-            metrics.observe_request(name, version, "grpc", code, time.perf_counter() - t0)
 
     def _response(self, request, served, outputs: dict[str, np.ndarray]):
         tensor = self.m["ModelInferResponse"].InferOutputTensor
