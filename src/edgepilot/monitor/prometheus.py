@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import re
-import time
 from collections import defaultdict
 
 from edgepilot.monitor.readings import Sample
@@ -26,10 +25,7 @@ class MonitorCollector:
         self.monitor, self.prefix, self.max_age_s = monitor, prefix, max_age_s
 
     def _sample(self) -> Sample:
-        s = self.monitor.latest
-        if s is None or time.time() - s.ts > self.max_age_s:
-            s = self.monitor.sample()
-        return s
+        return self.monitor.fresh(self.max_age_s)
 
     def describe(self):
         return []  # the families depend on the hardware found; describing them would force a sample at register

@@ -41,6 +41,11 @@ class Monitor:
         self._status[c.name] = SourceStatus(c.name, ok, detail, c.panels)
         self._next_try[c.name] = 0.0 if ok else time.monotonic() + c.retry_s
 
+    def fresh(self, max_age_s: float = 2.0) -> Sample:
+        """The latest sample when it is younger than `max_age_s` (the monitor loop is running), else a new one."""
+        s = self.latest
+        return s if s is not None and time.time() - s.ts <= max_age_s else self.sample()
+
     def statuses(self) -> list[SourceStatus]:
         return [self._status[c.name] for c in self.collectors]
 

@@ -46,9 +46,7 @@ def _system(monitor, max_age_s: float = 2.0) -> dict:
     """The monitor's latest readings (sampled now if older than `max_age_s`), and the sources it cannot read."""
     if monitor is None:
         return {"readings": [], "unavailable": []}
-    sample = monitor.latest
-    if sample is None or time.time() - sample.ts > max_age_s:
-        sample = monitor.sample()
+    sample = monitor.fresh(max_age_s)
     return {"ts": sample.ts,
             "readings": [{"metric": r.metric, "value": r.value, "unit": r.unit, "labels": r.label_dict}
                          for r in sample.readings],

@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from multiprocessing import shared_memory
 from multiprocessing.connection import Client, Listener
 from typing import Any
@@ -32,11 +33,13 @@ log = logging.getLogger(__name__)
 _KEY_ENV = "EDGEPILOT_DECODER_KEY"  # the connection's authentication key, handed to the child out of band
 
 
+@dataclass
 class Stages:
     """What runs in the child after decoding: the pipeline's quality checks and preprocessing (picklable configs)."""
 
-    def __init__(self, quality_cfg, preprocess_cfg, spec) -> None:
-        self.quality_cfg, self.preprocess_cfg, self.spec = quality_cfg, preprocess_cfg, spec
+    quality_cfg: Any
+    preprocess_cfg: Any
+    spec: Any
 
 
 class ProcessSource(Source):
@@ -155,11 +158,11 @@ class ProcessSource(Source):
             try:
                 if not conn.poll(0.1):
                     if proc.poll() is not None:
-                        return self._died()
+                        raise _ChildDied()
                     continue
                 kind, payload = conn.recv()
             except (EOFError, OSError):
-                return self._died()
+                raise _ChildDied() from None
             if kind == "layout":
                 self._make_ring(payload)
                 self._send(("ring", (self._ring.name, self._layout, list(range(self.slots)))))
@@ -175,9 +178,6 @@ class ProcessSource(Source):
                     self._child_stats = payload
                 return None
         return None
-
-    def _died(self) -> None:
-        raise _ChildDied()
 
     def _make_ring(self, layout) -> None:
         frame_shape, tensor_shape, tensor_dtype = layout
