@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, field_validator
 from edgepilot.errors import InputError, UnavailableError
 from edgepilot.runtime.item import Item
 from edgepilot.runtime.sources.base import Source, _bgr, _cv2, _Reconnect, _SourceBase
+from edgepilot.runtime.sources.hwdecode import Decoder, HwDecode, candidates, codec_of
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,73 @@ class _Decoded(BaseModel):
     decode: Literal["thread", "process"] = "thread"
 
 
-class VideoSourceConfig(_SourceBase, _Decoded):
+class _HwDecoded(_Decoded):
+    hw_decode: HwDecode = "auto"  # hardware decoder (hwdecode.py): auto tries what the machine has, else software
+
+
+def _open_capture(target: str, decoder: Decoder, options: dict[str, str] | None = None, params=()):
+    """An opened cv2.VideoCapture of `target` through `decoder`, or None."""
+    cv2 = _cv2()
+    if decoder.gstreamer:
+        cap = cv2.VideoCapture(decoder.gstreamer, cv2.CAP_GSTREAMER)
+    else:
+        options, params = dict(options or {}), list(params)
+        if decoder.ffmpeg_codec:
+            options["video_codec"] = decoder.ffmpeg_codec
+        if decoder.hw_acceleration:
+            params += [cv2.CAP_PROP_HW_ACCELERATION, cv2.VIDEO_ACCELERATION_VAAPI]
+        if not options:
+            cap = cv2.VideoCapture(target, cv2.CAP_FFMPEG, params)
+        else:
+            # FFmpeg reads its options from the environment when it opens, so the variable is set only around it
+            with _ENV_LOCK:
+                before = os.environ.get(_FFMPEG_OPTIONS)
+                os.environ[_FFMPEG_OPTIONS] = "|".join(f"{k};{v}" for k, v in options.items())
+                try:
+                    cap = cv2.VideoCapture(target, cv2.CAP_FFMPEG, params)
+                finally:
+                    if before is None:
+                        del os.environ[_FFMPEG_OPTIONS]
+                    else:
+                        os.environ[_FFMPEG_OPTIONS] = before
+    if not cap.isOpened():
+        cap.release()
+        return None
+    return cap
+
+
+def _choose_decoder(source_id: str, request: HwDecode, target: str, software_cap, open_with, *,
+                    rtsp_tcp: bool = True) -> tuple[Decoder, object]:
+    """The decoder to use and a capture opened with it that has decoded a frame.
+
+    `software_cap` is already open in software (its FourCC names the codec); `open_with(decoder)` opens another.
+    """
+    codec = codec_of(software_cap.get(_cv2().CAP_PROP_FOURCC))
+    found, missing = candidates(request, target, codec, rtsp_tcp=rtsp_tcp)
+    if request == "off" or (found and found[0].backend == "software"):
+        if request == "auto" and missing:
+            log.info("source %s: decoding %s in software (%s)", source_id, codec or "video", "; ".join(missing))
+        return Decoder("software", "FFmpeg"), software_cap
+    software_cap.release()
+    if not found:
+        raise UnavailableError(f"source {source_id}: hw_decode {request} is not available here: {'; '.join(missing)}",
+                               hint="use hw_decode: auto (hardware where it works, else software) or off")
+    failed = []
+    for decoder in found:
+        cap = open_with(decoder)
+        if cap is not None and cap.grab():
+            log.info("source %s: decoding %s with %s", source_id, codec or "video", decoder.describe())
+            return decoder, cap
+        if cap is not None:
+            cap.release()
+        failed.append(f"{decoder.describe()} decoded no frame")
+        if decoder.backend != "software":
+            log.warning("source %s: %s decoded no frame; trying the next decoder", source_id, decoder.describe())
+    raise UnavailableError(f"source {source_id}: hw_decode {request}: {'; '.join(failed)}",
+                           hint="use hw_decode: auto (hardware where it works, else software) or off")
+
+
+class VideoSourceConfig(_SourceBase, _HwDecoded):
     type: Literal["video"] = "video"
     path: str
     loop: bool = False  # start over at the end, until stop()
@@ -53,7 +120,7 @@ class CameraSourceConfig(_Reconnect, _Decoded):
     fps: float | None = Field(None, gt=0)
 
 
-class StreamSourceConfig(_Reconnect, _Decoded):
+class StreamSourceConfig(_Reconnect, _HwDecoded):
     type: Literal["stream"] = "stream"
     url: str  # rtsp://, rtsps://, or http(s):// serving MJPEG (multipart/x-mixed-replace)
     rtsp_tcp: bool = True  # RTSP over TCP: survives lossy links and NAT better than UDP
@@ -77,10 +144,14 @@ class VideoSource(Source):
         if not self.path.is_file():
             raise InputError(f"video file not found: {self.path}", hint="check the path in the source config")
         cv2 = _cv2()
+        self.decoder = Decoder("software", "FFmpeg")
         cap = self._open()
         try:
             if not cap.grab():  # opening only reads the header: a frame proves the codec decodes
                 raise self._unreadable()
+            self.decoder, cap = _choose_decoder(self.id, cfg.hw_decode, str(self.path), cap,
+                                                lambda d: _open_capture(str(self.path), d))
+            self._set("decoder", self.decoder.describe())
             self.fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
             self.frame_count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         finally:
@@ -110,10 +181,8 @@ class VideoSource(Source):
                           hint="check that the file plays (ffprobe), or re-encode it, e.g. to H.264 or MJPEG")
 
     def _open(self):
-        cv2 = _cv2()
-        cap = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
-        if not cap.isOpened():
-            cap.release()
+        cap = _open_capture(str(self.path), self.decoder)
+        if cap is None:
             raise self._unreadable()
         return cap
 
@@ -257,7 +326,7 @@ class CameraSource(_CaptureSource):
 
 class StreamSource(_CaptureSource):
     def __init__(self, cfg: StreamSourceConfig) -> None:
-        self.url = cfg.url
+        self.url, self.decoder = cfg.url, None
         parts = urlsplit(_redact(cfg.url))
         super().__init__(cfg.id or f"stream:{parts.netloc}{parts.path}", cfg)
 
@@ -265,23 +334,20 @@ class StreamSource(_CaptureSource):
         cv2 = _cv2()
         params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(self.cfg.open_timeout_s * 1000),
                   cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(self.cfg.read_timeout_s * 1000)]
+        options = {}
         if urlsplit(self.url).scheme.lower().startswith("rtsp"):
-            # FFmpeg reads its options from the environment when it opens, so the variable is set only around it
-            with _ENV_LOCK:
-                before = os.environ.get(_FFMPEG_OPTIONS)
-                os.environ[_FFMPEG_OPTIONS] = f"rtsp_transport;{'tcp' if self.cfg.rtsp_tcp else 'udp'}"
-                try:
-                    cap = cv2.VideoCapture(self.url, cv2.CAP_FFMPEG, params)
-                finally:
-                    if before is None:
-                        del os.environ[_FFMPEG_OPTIONS]
-                    else:
-                        os.environ[_FFMPEG_OPTIONS] = before
-        else:
-            cap = cv2.VideoCapture(self.url, cv2.CAP_FFMPEG, params)
-        if not cap.isOpened():
-            cap.release()
-            return None
+            options["rtsp_transport"] = "tcp" if self.cfg.rtsp_tcp else "udp"
+
+        def open_with(decoder: Decoder):
+            return _open_capture(self.url, decoder, options, params)
+
+        if self.decoder is not None:
+            return open_with(self.decoder)
+        cap = open_with(Decoder("software", "FFmpeg"))
+        if cap is not None:  # the first connection chooses the decoder, from the codec the stream carries
+            self.decoder, cap = _choose_decoder(self.id, self.cfg.hw_decode, self.url, cap, open_with,
+                                                rtsp_tcp=self.cfg.rtsp_tcp)
+            self._set("decoder", self.decoder.describe())
         return cap
 
     def _meta(self) -> dict[str, Any]:
