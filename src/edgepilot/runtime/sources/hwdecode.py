@@ -112,7 +112,8 @@ def gstreamer_pipeline(source: str, codec: str, *, rtsp_tcp: bool = True) -> str
 
 
 def candidates(request: HwDecode, source: str, codec: str | None, *, rtsp_tcp: bool = True,
-               machine: Machine | None = None, gstreamer_in_opencv: bool | None = None) -> tuple[list[Decoder], list[str]]:
+               machine: Machine | None = None,
+               gstreamer_in_opencv: bool | None = None) -> tuple[list[Decoder], list[str]]:
     """The decoders to try in order (software last under `auto`), and why each hardware one is not among them."""
     software = Decoder("software", "FFmpeg")
     if request == "off":
