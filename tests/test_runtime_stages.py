@@ -101,3 +101,46 @@ def test_the_native_fast_path_equals_the_plain_arithmetic(layout):
     ref = (canvas[..., ::-1].astype(np.float32) - [123.675, 116.28, 103.53]) / [58.395, 57.12, 57.375]
     ref = ref if layout == "nhwc" else ref.transpose(2, 0, 1)
     np.testing.assert_allclose(it.tensor, ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("layout", ["nhwc", "nchw"])
+@pytest.mark.parametrize("dtype,quant,cfg", [
+    ("int8", Quantization((1 / 255,), (-128,)), {}),  # a full-int8 TFLite model's usual input
+    ("uint8", Quantization((0.0078125,), (128,)), {"normalize": "-1-1"}),
+    ("int8", Quantization((0.02, 0.03, 0.04), (1, -2, 3), axis=3), {"normalize": "imagenet", "color": "bgr"}),
+    ("uint8", None, {"color": "gray"}),
+    ("int8", None, {"normalize": "0-255"}),  # unquantised int8: pixels clipped at 127
+])
+def test_8bit_inputs_take_one_table_lookup_equal_to_the_float_path(layout, dtype, quant, cfg):
+    """8-bit inputs skip float arithmetic (raw pixels, or cv2.LUT); the values are the float path's."""
+    rng = np.random.default_rng(1)
+    f = rng.integers(0, 256, (37, 53, 3), np.uint8)
+    channels = 1 if cfg.get("color") == "gray" else 3
+    shape = (1, 16, 24, channels) if layout == "nhwc" else (1, channels, 16, 24)
+    if quant is not None and len(quant.scale) > 1:
+        quant = Quantization(quant.scale, quant.zero_point, axis=3 if layout == "nhwc" else 1)
+    pre = Preprocessor(PreprocessConfig(**cfg), TensorSpec("x", dtype, shape, quant))
+    assert pre._pixels  # the 8-bit path, not the float one
+    fast = pre.process(Item("s", 0, 0.0, frame=f)).tensor
+    # the plain arithmetic, written out: resize, colour, normalise, quantise (or clip), layout
+    import cv2
+
+    img = cv2.resize(f, (24, 16), interpolation=cv2.INTER_LINEAR)
+    color = cfg.get("color", "rgb")
+    img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)[..., None] if color == "gray" else (
+        cv2.cvtColor(img, cv2.COLOR_BGR2RGB) if color == "rgb" else img)
+    x = (img.astype(np.float32) - pre.mean) / pre.std
+    info = np.iinfo(dtype)
+    if quant is None:
+        want = np.clip(np.round(x * pre.std + pre.mean), info.min, info.max)
+    else:
+        want = np.clip(np.round(x / np.float32(quant.scale)) + np.float32(quant.zero_point), info.min, info.max)
+    want = want.astype(dtype)
+    want = want.transpose(2, 0, 1) if layout == "nchw" else want
+    assert fast.dtype == np.dtype(dtype) and fast.shape == want.shape == shape[1:]
+    assert np.array_equal(fast, want)
+
+
+def test_raw_uint8_input_is_the_resized_pixels():
+    pre = Preprocessor(PreprocessConfig(), TensorSpec("x", "uint8", (1, 4, 4, 3)))
+    assert pre._pixels and pre._lut is None  # no table: the model takes pixels

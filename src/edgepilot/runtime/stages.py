@@ -2,7 +2,8 @@
 
 Everything that can be read off the model is: input size, layout (NHWC/NCHW), channels, dtype, and the scale/zero
 point of int8/uint8 inputs. What cannot (the value range the model was trained on, colour order, letterbox vs
-stretch) is configured, with defaults that suit most image models (RGB, 0..1, stretch).
+stretch) is configured, with defaults that suit most image models (RGB, 0..1, stretch). Float inputs are made in
+one native call (blobFromImage), 8-bit ones with at most one table lookup: no float arithmetic in Python per frame.
 """
 from __future__ import annotations
 
@@ -72,6 +73,31 @@ class Preprocessor:
         self.quantized = spec.quantization is not None and self.dtype.kind in "iu"
         if self.dtype.kind not in "fiu":
             raise ConfigError(f"model input {spec.name!r} is {spec.dtype}: not an image or a vector")
+        self._pixels, self._lut = (False, None) if self.vector else self._plan_pixels()
+
+    def _plan_pixels(self) -> tuple[bool, np.ndarray | None]:
+        """For an 8-bit input: pixels go in as they are, or through one table lookup; no float on the way.
+
+        The table holds what the float path gives each of the 256 values of every channel: normalised, then
+        quantised with the model's scale and zero point (or clipped for an unquantised int8 input).
+        """
+        if self.dtype.itemsize != 1:
+            return False, None
+        k, q = self.channels, self.spec.quantization
+        values = np.repeat(np.arange(256, dtype=np.float32)[:, None], k, axis=1)  # [256, channels]
+        x = (values - self.mean) / self.std
+        if self.quantized:
+            scale, zp = np.asarray(q.scale, np.float32), np.asarray(q.zero_point, np.float32)
+            if scale.size > 1 and (scale.size != k or q.axis != (3 if self.layout == "nhwc" else 1)):
+                return False, None  # quantised along another axis than the channels
+            info = np.iinfo(self.dtype)
+            table = np.clip(np.round(x / scale) + zp, info.min, info.max).astype(self.dtype)
+        else:
+            table = np.clip(np.round(x * self.std + self.mean), *_limits(self.dtype)).astype(self.dtype)
+        table = table.view(np.uint8)
+        if np.array_equal(table, values.astype(np.uint8)):
+            return True, None  # the model takes raw pixels
+        return True, np.ascontiguousarray(table.reshape(1, 256, k))
 
     def _plan_vector(self) -> None:
         n = self.spec.shape[1]
@@ -140,7 +166,7 @@ class Preprocessor:
         img, transform = _resize(frame, self.width, self.height, self.cfg.resize, self.cfg.pad_value,
                                  cv2.INTER_LINEAR if self.cfg.interpolation == "linear" else cv2.INTER_AREA)
         item.transform = FrameTransform(*transform, frame_w=fw, frame_h=fh, input_w=self.width, input_h=self.height)
-        if self._blob is not None and (self.dtype.kind == "f" or self.quantized):
+        if self._blob is not None and not self._pixels:
             item.tensor = self._cast(cv2.dnn.blobFromImageWithParams(np.ascontiguousarray(img), self._blob)[0])
             return item
         if self.channels == 1 or self.cfg.color == "gray":
@@ -149,6 +175,12 @@ class Preprocessor:
                 img = np.repeat(img, 3, axis=2)
         elif self.cfg.color == "rgb":
             img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        if self._pixels:
+            if self._lut is not None:
+                img = cv2.LUT(img, self._lut).reshape(img.shape)
+            x = img.view(self.dtype)
+            item.tensor = np.ascontiguousarray(x.transpose(2, 0, 1) if self.layout == "nchw" else x)
+            return item
         x = (img.astype(np.float32) - self.mean) / self.std
         if self.layout == "nchw":
             x = x.transpose(2, 0, 1)
