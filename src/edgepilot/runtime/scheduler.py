@@ -213,10 +213,14 @@ class Scheduler:
 
     def _stack(self, tensors: list) -> dict[str, np.ndarray]:
         """One batched feed per input: an item's tensor is a sample of the first input, or (a model with several
-        inputs, as the server feeds) a dict of samples by input name."""
+        inputs, as the server feeds) a dict of samples by input name. A batch of one is a view, not a copy (the
+        tensor may live in a decoder process's shared memory)."""
+        def batch(samples: list[np.ndarray]) -> np.ndarray:
+            return samples[0][None] if len(samples) == 1 else np.stack(samples)
+
         if isinstance(tensors[0], dict):
-            return {name: np.stack([t[name] for t in tensors]) for name in tensors[0]}
-        return {self.input_name: np.stack(tensors)}
+            return {name: batch([t[name] for t in tensors]) for name in tensors[0]}
+        return {self.input_name: batch(tensors)}
 
     def _release(self, first: int, batch: list[Item]) -> None:
         with self._out_lock:
