@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from edgepilot.assets import asset
-from edgepilot.demo_faces import make_face_video, pipeline_config
+from edgepilot.demos.faces import make_face_video, pipeline_config
 from edgepilot.engines import open_session
 from edgepilot.host import host_info
 from edgepilot.runtime.pipeline import Pipeline, PipelineConfig

@@ -24,7 +24,7 @@ pytest.importorskip("cv2")
 
 @pytest.fixture(scope="module")
 def face_video(tmp_path_factory):
-    from edgepilot.demo_faces import make_face_video
+    from edgepilot.demos.faces import make_face_video
 
     try:
         asset("blazeface-short-range", download=False)
@@ -36,7 +36,7 @@ def face_video(tmp_path_factory):
 
 
 def config(tmp: Path, video: Path, decode: str, **source) -> dict:
-    from edgepilot.demo_faces import pipeline_config
+    from edgepilot.demos.faces import pipeline_config
 
     d = pipeline_config(tmp, video)
     d["sources"][0].update(decode=decode, **source)

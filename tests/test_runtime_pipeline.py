@@ -50,14 +50,14 @@ def write_config(path: Path, cfg: dict) -> Path:
 
 @pytest.fixture(scope="module")
 def face_video(tmp_path_factory):
-    from edgepilot.demo_faces import make_face_video
+    from edgepilot.demos.faces import make_face_video
 
     video = tmp_path_factory.mktemp("faces") / "faces.mp4"
     return video, make_face_video(video, download=False)
 
 
 def test_blazeface_on_real_photos_boxes_video_and_mqtt_alerts(tmp_path, face_video, mosquitto):
-    from edgepilot.demo_faces import pipeline_config
+    from edgepilot.demos.faces import pipeline_config
 
     video, truth = face_video
     sub = Subscriber(mosquitto.port, "edgepilot/faces/#")
@@ -287,7 +287,7 @@ def test_bad_input_gets_one_clear_line(tmp_path, face_video):
     proc = edgepilot("run", str(tmp_path / "broken.yaml"))
     assert proc.returncode == 2 and "not valid YAML" in proc.stderr
 
-    from edgepilot.demo_faces import pipeline_config
+    from edgepilot.demos.faces import pipeline_config
 
     (tmp_path / "not-a-video.mp4").write_text("hello")
     cfg = pipeline_config(tmp_path, tmp_path / "not-a-video.mp4")
@@ -305,7 +305,7 @@ def test_bad_input_gets_one_clear_line(tmp_path, face_video):
 
 def test_the_runtime_runs_without_tensorflow_or_pytorch(tmp_path, face_video):
     """A device installs no TensorFlow and no PyTorch: block both imports and run the faces pipeline."""
-    from edgepilot.demo_faces import pipeline_config
+    from edgepilot.demos.faces import pipeline_config
 
     video, truth = face_video
     config = write_config(tmp_path / "p.yaml", pipeline_config(tmp_path, video))

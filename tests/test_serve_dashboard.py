@@ -28,7 +28,7 @@ def blazeface():
 
 
 def test_the_dashboard_shows_live_boxes_charts_models_and_alerts(tmp_path, blazeface):
-    from edgepilot.demo_faces import make_face_video, pipeline_config
+    from edgepilot.demos.faces import make_face_video, pipeline_config
     from edgepilot.runtime.pipeline import Pipeline, load_pipeline_config
 
     make_face_video(tmp_path / "faces.mp4", download=False)

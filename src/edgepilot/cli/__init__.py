@@ -6,11 +6,11 @@ import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
 
 import typer
 from pydantic import ValidationError
 
+from edgepilot.console import wide_console as wide_console  # the commands' console, re-exported for them
 from edgepilot.errors import ConfigError, EdgepilotError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -71,13 +71,3 @@ def native_stdout_to_stderr():
         sys.stdout.flush()
         os.dup2(saved, 1)
         os.close(saved)
-
-
-def wide_console(min_width: int = 100, file: IO[str] | None = None):
-    """A rich Console at least `min_width` wide (a pipe reports 80 columns, too narrow for the tables).
-
-    file: where it writes, default stdout (a run log yields the terminal's own file while it holds stdout).
-    """
-    from rich.console import Console
-
-    return Console(file=file, width=max(Console(file=file).width, min_width))

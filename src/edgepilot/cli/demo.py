@@ -23,7 +23,7 @@ def demo(ctx: typer.Context,
     """Train the reference article's CNN, convert it into every format an engine here runs, and report."""
     if ctx.invoked_subcommand is not None:
         return
-    from edgepilot.demo import run_demo
+    from edgepilot.demos.mnist import run_demo
 
     run_demo(out, dataset=dataset, epochs=epochs, train_samples=train_samples, seconds=seconds, threads=threads,
              verbose=verbose)
@@ -34,7 +34,7 @@ def faces(out: Path = typer.Option(Path("workspace/faces"), help="Where to write
           broker: str = typer.Option(None, help="host:port of an MQTT broker to publish the alerts to.")) -> None:
     """BlazeFace on a video made from scikit-image's photos: boxes, an annotated video, alerts (and MQTT)."""
     from edgepilot.cli.run import stats_line
-    from edgepilot.demo_faces import run_faces_demo
+    from edgepilot.demos.faces import run_faces_demo
     from edgepilot.errors import ConfigError
 
     where = None

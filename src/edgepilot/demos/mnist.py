@@ -54,8 +54,8 @@ def run_demo(out: Path, dataset: str = "mnist", epochs: int = 2, train_samples: 
              seconds: float = 1.0, threads: int | None = None, verbose: bool = False) -> None:
     """Train, optimise and report under `out`. What TensorFlow, the converters and the runtimes print goes to
     OUT/demo.log (also to the terminal with `verbose`); the terminal shows the progress and the summary."""
-    from edgepilot.cli import wide_console
-    from edgepilot.cli.optimize import print_summary
+    from edgepilot.console import wide_console
+    from edgepilot.evaluate.summary import print_summary
     from edgepilot.logcapture import run_log
     from edgepilot.optimize import optimize_and_report
 
