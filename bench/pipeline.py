@@ -28,7 +28,7 @@ from edgepilot.host import host_info
 from edgepilot.runtime.pipeline import Pipeline, PipelineConfig
 from edgepilot.runtime.quality import QualityChecker
 from edgepilot.runtime.sources import open_source
-from edgepilot.runtime.stages import Preprocessor
+from edgepilot.runtime.preprocess import Preprocessor
 
 ROOT = Path(__file__).resolve().parents[1]
 ROUNDS = 5

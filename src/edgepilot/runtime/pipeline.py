@@ -29,7 +29,7 @@ from edgepilot.runtime.scheduler import Scheduler, SchedulerConfig, plan_threads
 from edgepilot.runtime.sinks import SinkConfig, WebhookSink, WebhookSinkConfig, open_sink
 from edgepilot.runtime.sources import SourceConfig, open_source
 from edgepilot.runtime.sources.decoder_process import Stages
-from edgepilot.runtime.stages import PreprocessConfig, Preprocessor
+from edgepilot.runtime.preprocess import PreprocessConfig, Preprocessor
 from edgepilot.runtime.stats import PipelineStats
 
 log = logging.getLogger(__name__)

@@ -291,7 +291,7 @@ def _child_main(conn, cfg, stages: Stages | None, resume, ring, slots: int) -> N
         quality = pre = None
         if stages is not None:
             from edgepilot.runtime.quality import QualityChecker
-            from edgepilot.runtime.stages import Preprocessor
+            from edgepilot.runtime.preprocess import Preprocessor
 
             quality, pre = QualityChecker(stages.quality_cfg), Preprocessor(stages.preprocess_cfg, stages.spec)
         free: list[int] = []

@@ -7,7 +7,7 @@ import pytest
 from edgepilot.errors import ConfigError
 from edgepilot.model import Quantization, TensorSpec
 from edgepilot.runtime.item import Item
-from edgepilot.runtime.stages import PreprocessConfig, Preprocessor
+from edgepilot.runtime.preprocess import PreprocessConfig, Preprocessor
 
 
 def frame(w=640, h=480) -> np.ndarray:
