@@ -57,7 +57,7 @@ def reference_boxes(model: Path, x: np.ndarray) -> int:
 
     from edgepilot.evaluate.metrics.detection import decode
     from edgepilot.model import TensorSpec
-    from edgepilot.runtime.postprocess import PostprocessConfig
+    from edgepilot.runtime.decoders import PostprocessConfig
 
     s = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     out = np.concatenate([s.run(None, {"images": x[i:i + 1]})[0] for i in range(len(x))])

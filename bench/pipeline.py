@@ -26,9 +26,9 @@ from edgepilot.demos.faces import make_face_video, pipeline_config
 from edgepilot.engines import open_session
 from edgepilot.host import host_info
 from edgepilot.runtime.pipeline import Pipeline, PipelineConfig
+from edgepilot.runtime.preprocess import Preprocessor
 from edgepilot.runtime.quality import QualityChecker
 from edgepilot.runtime.sources import open_source
-from edgepilot.runtime.preprocess import Preprocessor
 
 ROOT = Path(__file__).resolve().parents[1]
 ROUNDS = 5

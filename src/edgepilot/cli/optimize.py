@@ -11,7 +11,7 @@ from rich.progress import Progress
 from edgepilot.errors import ConfigError
 from edgepilot.evaluate.summary import print_summary
 from edgepilot.evaluate.tasks import TASKS, Task
-from edgepilot.runtime.postprocess import PostprocessConfig
+from edgepilot.runtime.decoders import DECODERS, PostprocessConfig
 
 
 class Recipe(BaseModel):
@@ -120,7 +120,7 @@ def _postprocess(value: str | None) -> PostprocessConfig | None:
     """A decoder name, or a YAML file holding a postprocess: mapping."""
     if value is None:
         return None
-    if value in ("yolov5", "yolov8", "ssd", "blazeface", "classification", "raw"):
+    if value in DECODERS:
         return PostprocessConfig(type=value)
     from edgepilot.config import load_yaml
 

@@ -23,7 +23,7 @@ from edgepilot.evaluate.yardstick import Yardstick
 from edgepilot.evaluate.yardstick import measure as measure_yardstick
 from edgepilot.host import host_info
 from edgepilot.model import Model
-from edgepilot.runtime.postprocess import PostprocessConfig
+from edgepilot.runtime.decoders import PostprocessConfig
 from edgepilot.shapes import shapes_for
 
 log = logging.getLogger(__name__)

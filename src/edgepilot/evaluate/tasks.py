@@ -18,14 +18,15 @@ from edgepilot.evaluate.metrics.detection import decode, detection_score
 from edgepilot.evaluate.metrics.segmentation import mask_iou
 from edgepilot.evaluate.metrics.tensors import tensor_errors
 from edgepilot.model import Model, TensorSpec
-from edgepilot.runtime.postprocess import PostprocessConfig
+from edgepilot.runtime.decoders import DECODERS, PostprocessConfig
 
 Task = Literal["classification", "detection", "segmentation", "tensors"]
 TASKS: tuple[str, ...] = Task.__args__  # type: ignore[attr-defined]
 # The headline agreement of each task: the number the gates read (1 = the reference's own outputs)
 HEADLINE = {"classification": "top-1 agreement", "detection": "detection F1 at IoU 0.5",
             "segmentation": "mask IoU", "tensors": "cosine similarity"}
-_DETECTORS = ("yolov5", "yolov8", "ssd", "blazeface")
+_DETECTORS = tuple(name for name, d in DECODERS.items() if d.kind == "detection")  # yolov5, yolov8, ssd, blazeface
+_TASK_OF_KIND = {"classification": "classification", "detection": "detection", "raw": "tensors"}  # by Result kind
 
 
 class OutputMetrics(BaseModel):
@@ -137,8 +138,7 @@ def resolve(model: Model, task: str | None = None, postprocess: PostprocessConfi
         raise ConfigError(f"unknown task {task!r}", hint=f"choose from {', '.join(TASKS)}")
     given = task is not None or postprocess is not None
     if task is None and postprocess is not None:
-        task = "classification" if postprocess.type == "classification" else \
-            "tensors" if postprocess.type == "raw" else "detection"
+        task = _TASK_OF_KIND[DECODERS[postprocess.type].kind]
     task = task or infer_task(model)
     size = image_size(model.inputs[0]) if model.inputs else None
     if task == "detection":

@@ -18,18 +18,18 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from edgepilot.config import load_yaml
 from edgepilot.errors import ConfigError, EdgepilotError
 from edgepilot.model import TensorSpec
+from edgepilot.runtime.decoders import PostprocessConfig, build_postprocessor
 from edgepilot.runtime.item import Item
 from edgepilot.runtime.loader import ModelConfig, load_model, open_sessions
 from edgepilot.runtime.logs import LogConfig, add_json_log
 from edgepilot.runtime.positions import Positions
-from edgepilot.runtime.postprocess import PostprocessConfig, build_postprocessor
+from edgepilot.runtime.preprocess import PreprocessConfig, Preprocessor
 from edgepilot.runtime.quality import QualityChecker, QualityConfig
 from edgepilot.runtime.rules import RuleConfig, RuleEngine
 from edgepilot.runtime.scheduler import Scheduler, SchedulerConfig, plan_threads
 from edgepilot.runtime.sinks import SinkConfig, WebhookSink, WebhookSinkConfig, open_sink
 from edgepilot.runtime.sources import SourceConfig, open_source
 from edgepilot.runtime.sources.decoder_process import Stages
-from edgepilot.runtime.preprocess import PreprocessConfig, Preprocessor
 from edgepilot.runtime.stats import PipelineStats
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgepilot.model import TensorSpec
-from edgepilot.runtime.postprocess import PostprocessConfig, build_postprocessor
+from edgepilot.runtime.decoders import PostprocessConfig, build_postprocessor
 
 
 @dataclass

@@ -290,8 +290,8 @@ def _child_main(conn, cfg, stages: Stages | None, resume, ring, slots: int) -> N
             source.resume_after(resume)
         quality = pre = None
         if stages is not None:
-            from edgepilot.runtime.quality import QualityChecker
             from edgepilot.runtime.preprocess import Preprocessor
+            from edgepilot.runtime.quality import QualityChecker
 
             quality, pre = QualityChecker(stages.quality_cfg), Preprocessor(stages.preprocess_cfg, stages.spec)
         free: list[int] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from typing import get_args
 
 import cv2
 import numpy as np
@@ -14,9 +15,16 @@ from edgepilot.assets import asset
 from edgepilot.engines import open_session
 from edgepilot.errors import ConfigError
 from edgepilot.model import Model, TensorSpec
-from edgepilot.runtime.anchors import blazeface_preset, ssd_anchors
+from edgepilot.runtime.decoders import (
+    DECODERS,
+    PostprocessConfig,
+    blazeface_preset,
+    build_postprocessor,
+    nms,
+    ssd_anchors,
+    weighted_nms,
+)
 from edgepilot.runtime.item import FrameTransform, Item
-from edgepilot.runtime.postprocess import PostprocessConfig, build_postprocessor, nms, weighted_nms
 
 # Decided by looking at astronaut.png (512x512): the skin of the face, from the hairline (y ~78) to the chin
 # (y ~176), cheek to cheek (x ~180 to ~274). The eyes are at about (202, 100) and (248, 103).
@@ -45,6 +53,14 @@ def spec(name: str, *shape) -> TensorSpec:
 
 
 # --- NMS --------------------------------------------------------------------------------------------------------
+
+def test_every_postprocess_type_has_one_registered_decoder_module():
+    """The config's choices are the registry's, and each decoder lives in its own module of the package."""
+    assert set(get_args(PostprocessConfig.model_fields["type"].annotation)) == set(DECODERS)
+    modules = {name: d.__module__ for name, d in DECODERS.items()}
+    assert all(m.startswith("edgepilot.runtime.decoders.") for m in modules.values()), modules
+    assert len(set(modules.values())) == len(modules), modules
+
 
 def test_nms_keeps_the_higher_of_an_overlapping_pair_and_every_disjoint_box():
     boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60], [100, 0, 110, 10]], np.float32)
@@ -328,7 +344,7 @@ def test_malformed_outputs_set_item_error_and_never_raise(caplog):
         {"regressors": good["regressors"]},                                      # an output missing
         None,                                                                    # no outputs at all
     ]
-    with caplog.at_level(logging.WARNING, logger="edgepilot.runtime.postprocess"):
+    with caplog.at_level(logging.WARNING, logger="edgepilot.runtime.decoders"):
         results = [pp.process(item(o)) for o in bad]
     for it in results:
         assert it.error and it.error.startswith("postprocess:")

@@ -1,15 +1,16 @@
-"""SSD heads as MediaPipe reads them: options, anchors, box/keypoint decoding, output matching, BlazeFace presets."""
+"""The SSD decoder: MediaPipe's box and keypoint decoding over anchors, and the matching of the (boxes, scores) pair."""
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, Field
 
 from edgepilot.errors import ConfigError
 from edgepilot.model import TensorSpec
+from edgepilot.runtime.decoders.anchors import ssd_anchors
+from edgepilot.runtime.decoders.base import Decoder, MalformedOutput, describe
+from edgepilot.runtime.decoders.config import PostprocessConfig
+from edgepilot.runtime.item import FrameTransform, Result
 
 # What an unset SSD option means for type "ssd" (MediaPipe's defaults); "blazeface" takes its preset instead.
 SSD_DEFAULTS: dict[str, Any] = {
@@ -19,124 +20,6 @@ SSD_DEFAULTS: dict[str, Any] = {
     "w_scale": None, "h_scale": None, "apply_exponential_on_box_size": False, "box_order": "yxhw",
     "num_keypoints": None, "sigmoid_score": False, "score_clipping_thresh": None, "nms": "hard",
 }
-
-
-class SsdOptions(BaseModel):
-    """The SSD fields of the postprocess config. None: the blazeface preset's value, or MediaPipe's default."""
-
-    boxes_output: str | None = Field(None, description="ssd: the box/keypoint regressor output, e.g. regressors")
-    scores_output: str | None = Field(None, description="ssd: the class score output, e.g. classificators")
-    # anchors, as MediaPipe's SsdAnchorsCalculatorOptions
-    num_layers: int | None = Field(None, ge=1, description="feature maps (defaults to len(strides))")
-    strides: list[int] | None = Field(None, description="stride of each feature map, e.g. [8, 16, 16, 16]")
-    min_scale: float | None = Field(None, gt=0, description="anchor scale of the first layer")
-    max_scale: float | None = Field(None, gt=0, description="anchor scale of the last layer")
-    anchor_offset_x: float | None = Field(None, description="anchor centre within its cell (0.5: the middle)")
-    anchor_offset_y: float | None = Field(None, description="anchor centre within its cell (0.5: the middle)")
-    aspect_ratios: list[float] | None = Field(None, description="anchor aspect ratios per layer")
-    interpolated_scale_aspect_ratio: float | None = Field(
-        None, description="aspect ratio of the extra interpolated-scale anchor per cell; 0 for none")
-    reduce_boxes_in_lowest_layer: bool | None = Field(None, description="3 fixed anchors in the first layer")
-    fixed_anchor_size: bool | None = Field(None, description="anchors of size 1 (the model predicts sizes outright)")
-    # decoding, as MediaPipe's TensorsToDetectionsCalculatorOptions
-    x_scale: float | None = Field(None, gt=0, description="box centre x divisor (default: input width)")
-    y_scale: float | None = Field(None, gt=0, description="box centre y divisor (default: input height)")
-    w_scale: float | None = Field(None, gt=0, description="box width divisor (default: input width)")
-    h_scale: float | None = Field(None, gt=0, description="box height divisor (default: input height)")
-    apply_exponential_on_box_size: bool | None = Field(None, description="w, h are log-encoded")
-    box_order: Literal["xywh", "yxhw"] | None = Field(
-        None, description="order of the 4 box values (and x,y vs y,x keypoints); yxhw unless blazeface")
-    num_keypoints: int | None = Field(None, ge=0, description="keypoints after the box (default: from the "
-                                                              "regressor width)")
-    sigmoid_score: bool | None = Field(None, description="scores are logits (blazeface: yes)")
-    score_clipping_thresh: float | None = Field(None, gt=0, description="clip logits to +-this before the sigmoid")
-
-
-def _scale(min_scale: float, max_scale: float, index: int, count: int) -> float:
-    if count == 1:
-        return (min_scale + max_scale) * 0.5
-    return min_scale + (max_scale - min_scale) * index / (count - 1.0)
-
-
-def ssd_anchors(input_w: int, input_h: int, *, strides: Sequence[int], num_layers: int | None = None,
-                min_scale: float = 0.1484375, max_scale: float = 0.75, anchor_offset_x: float = 0.5,
-                anchor_offset_y: float = 0.5, aspect_ratios: Sequence[float] = (1.0,),
-                interpolated_scale_aspect_ratio: float = 1.0, reduce_boxes_in_lowest_layer: bool = False,
-                fixed_anchor_size: bool = True) -> np.ndarray:
-    """[N, 4] anchors (x_center, y_center, w, h), normalised to the input, in the order the model emits its boxes.
-
-    Consecutive layers with the same stride share one feature map: their anchors are interleaved per cell, as in
-    MediaPipe (which is why BlazeFace's strides [8, 16, 16, 16] give 16x16x2 + 8x8x6 = 896 anchors)."""
-    strides = list(strides)
-    num_layers = len(strides) if num_layers is None else num_layers
-    if num_layers != len(strides) or num_layers < 1:
-        raise ConfigError(f"SSD anchors: num_layers is {num_layers} but {len(strides)} strides are given",
-                          hint="give one stride per layer")
-    if any(s <= 0 for s in strides):
-        raise ConfigError(f"SSD anchors: strides must be positive, got {strides}")
-    out: list[np.ndarray] = []
-    layer = 0
-    while layer < num_layers:
-        ratios: list[float] = []
-        scales: list[float] = []
-        last = layer
-        while last < num_layers and strides[last] == strides[layer]:
-            scale = _scale(min_scale, max_scale, last, num_layers)
-            if last == 0 and reduce_boxes_in_lowest_layer:
-                ratios += [1.0, 2.0, 0.5]
-                scales += [0.1, scale, scale]
-            else:
-                ratios += list(aspect_ratios)
-                scales += [scale] * len(aspect_ratios)
-                if interpolated_scale_aspect_ratio > 0:
-                    nxt = 1.0 if last == num_layers - 1 else _scale(min_scale, max_scale, last + 1, num_layers)
-                    scales.append(math.sqrt(scale * nxt))
-                    ratios.append(interpolated_scale_aspect_ratio)
-            last += 1
-        root = np.sqrt(np.asarray(ratios, np.float64))
-        widths, heights = np.asarray(scales) * root, np.asarray(scales) / root
-        fh, fw = math.ceil(input_h / strides[layer]), math.ceil(input_w / strides[layer])
-        ys, xs = np.meshgrid((np.arange(fh) + anchor_offset_y) / fh, (np.arange(fw) + anchor_offset_x) / fw,
-                             indexing="ij")
-        per_cell = len(ratios)
-        a = np.empty((fh, fw, per_cell, 4), np.float64)
-        a[..., 0] = xs[..., None]
-        a[..., 1] = ys[..., None]
-        a[..., 2] = 1.0 if fixed_anchor_size else widths
-        a[..., 3] = 1.0 if fixed_anchor_size else heights
-        out.append(a.reshape(-1, 4))
-        layer = last
-    return np.concatenate(out).astype(np.float32)
-
-
-# MediaPipe's face-detection graphs (modules/face_detection/face_detection_{short,full}_range.pbtxt,
-# graphs/face_detection/face_detection_back_desktop_live.pbtxt): input size -> anchor and decoding options.
-_BLAZEFACE: dict[tuple[int, int], dict[str, Any]] = {
-    (128, 128): {"num_layers": 4, "strides": [8, 16, 16, 16], "min_scale": 0.1484375,
-                 "interpolated_scale_aspect_ratio": 1.0},  # front / short range: 896 anchors
-    (256, 256): {"num_layers": 4, "strides": [16, 32, 32, 32], "min_scale": 0.15625,
-                 "interpolated_scale_aspect_ratio": 1.0},  # back camera: 896 anchors
-    (192, 192): {"num_layers": 1, "strides": [4], "min_scale": 0.1484375,
-                 "interpolated_scale_aspect_ratio": 0.0},  # full range: 48x48 = 2304 anchors
-}
-
-
-def blazeface_preset(input_w: int, input_h: int) -> dict[str, Any]:
-    """The SSD options MediaPipe uses for the BlazeFace model of this input size."""
-    base = _BLAZEFACE.get((input_w, input_h))
-    if base is None:
-        sizes = ", ".join(f"{w}x{h}" for w, h in _BLAZEFACE)
-        raise ConfigError(f"blazeface has no preset for a {input_w}x{input_h} input (known: {sizes})",
-                          hint="use postprocess type 'ssd' and give the anchor options (strides, num_layers ...)")
-    return {**base, "max_scale": 0.75, "anchor_offset_x": 0.5, "anchor_offset_y": 0.5, "aspect_ratios": [1.0],
-            "reduce_boxes_in_lowest_layer": False, "fixed_anchor_size": True,
-            "x_scale": float(input_w), "y_scale": float(input_h), "w_scale": float(input_w),
-            "h_scale": float(input_h), "num_keypoints": 6, "sigmoid_score": True, "score_clipping_thresh": 100.0,
-            "box_order": "xywh", "nms": "weighted", "iou_threshold": 0.3, "labels": ["face"]}
-
-
-class MalformedOutput(ValueError):
-    """An output that does not fit its decoder at run time."""
 
 
 _ANCHOR_OPTIONS = ("strides", "num_layers", "min_scale", "max_scale", "anchor_offset_x", "anchor_offset_y",
@@ -253,3 +136,40 @@ def match_ssd_outputs(outputs: list[TensorSpec], boxes_name: str | None, scores_
         if body is not None and (len(body) < 2 or any(d != 1 for d in body[:-2])):
             raise ConfigError(want, hint="choose the postprocess.type that matches the model's head")
     return pair
+
+
+class SsdDecoder(Decoder):
+    """Any SSD head, configured with MediaPipe's anchor and decoding options (`strides` at least)."""
+
+    name = "ssd"
+
+    def __init__(self, cfg: PostprocessConfig, outputs: list[TensorSpec], input_size: tuple[int, int],
+                 labels: list[str] | None) -> None:
+        preset = self.preset(*input_size)
+        super().__init__(cfg, input_size, labels if labels is not None else preset.get("labels"))
+        o = {k: getattr(cfg, k) if getattr(cfg, k) is not None else preset.get(k, v) for k, v in SSD_DEFAULTS.items()}
+        self.nms_kind = o["nms"]
+        if "iou_threshold" not in cfg.model_fields_set:
+            self.iou_threshold = preset.get("iou_threshold", cfg.iou_threshold)
+        want = (f"{cfg.type} expects two outputs, boxes [1, N, 4+2K] (box, then K keypoints) and scores [1, N, C]"
+                "; the model has " + describe(outputs))
+        boxes, scores = match_ssd_outputs(outputs, cfg.boxes_output, cfg.scores_output, want)
+        self.head = SsdHead(o, boxes, scores, input_size)
+
+    @classmethod
+    def preset(cls, input_w: int, input_h: int) -> dict[str, Any]:
+        """Options (and labels, iou_threshold) a named model family brings; unset config fields take them."""
+        return {}
+
+    def decode(self, outputs: dict[str, np.ndarray], transform: FrameTransform | None) -> Result:
+        raw, logits = self.array(outputs, self.head.boxes), self.array(outputs, self.head.scores)
+        boxes, scores, classes, kps = self.head.decode(raw, logits, self.cfg.score_threshold)
+        return self.finish(boxes, scores, classes, kps, transform)
+
+    def check(self, outputs: dict[str, np.ndarray]) -> None:
+        super().check(outputs)
+        logits = self.array(outputs, self.head.scores).reshape(len(self.head.anchors), -1)
+        where = f"output {self.head.scores.name!r}"
+        self.check_labels(logits.shape[1], where)
+        if not self.head.o["sigmoid_score"]:
+            self.check_scores(logits, where, hint="set sigmoid_score: true if the model outputs logits")
