@@ -2,46 +2,20 @@
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from edgepilot.errors import InputError, RuntimeFailure
+from edgepilot.runtime import outbox_store as store
 from edgepilot.runtime.mqtt import MqttConfig, make_client
-
-try:  # POSIX only; elsewhere two processes sharing one outbox would only cause duplicates, not losses
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
-_APP_ID = 0x45504F42  # "EPOB": marks a file as an edgepilot outbox, so we never write into someone else's database
 _MQTT_OK, _MQTT_NO_CONN = 0, 4  # paho's MQTT_ERR_SUCCESS and MQTT_ERR_NO_CONN
-_MAX_PAYLOAD = 268_435_455  # the MQTT limit on a packet's remaining length
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- the delivery order; AUTOINCREMENT never reuses an id
-    event_id TEXT NOT NULL UNIQUE,
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    created REAL NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS dead_letters (
-    id INTEGER PRIMARY KEY,
-    event_id TEXT NOT NULL,
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    created REAL NOT NULL,
-    error TEXT NOT NULL
-);
-"""
 
 
 class Outbox:
@@ -81,12 +55,13 @@ class Outbox:
         self.mqtt, self.qos, self.max_pending = mqtt, qos, max_pending
         self.max_inflight, self._max_bytes = max_inflight, max_bytes
         self._client = make_client(mqtt, "outbox")  # first: it raises if paho is missing, before anything is held
-        self._lockfile = self._lock_file()
+        self._lockfile = store.lock(self.path)
         try:
-            self._db = self._open(synchronous="FULL", max_bytes=max_bytes, create=True)  # put's connection
-            self._pub_db = self._open(synchronous="NORMAL", max_bytes=max_bytes, create=False)  # the publisher's
-            self._pending = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
-            self._identity = self._file_identity()
+            # put's connection, then the publisher's
+            self._db = store.connect(self.path, synchronous="FULL", max_bytes=max_bytes, create=True)
+            self._pub_db = store.connect(self.path, synchronous="NORMAL", max_bytes=max_bytes, create=False)
+            self._pending = store.count(self._db)
+            self._identity = store.identity(self.path)
         except BaseException:
             self._release_lock()
             raise
@@ -122,77 +97,15 @@ class Outbox:
 
     # ---- storage -------------------------------------------------------------------------------------------
 
-    def _lock_file(self) -> Any:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            f = open(f"{self.path}.lock", "a+")  # held open for the outbox's lifetime: the flock lives on it
-        except OSError as e:
-            raise RuntimeFailure(f"cannot create the MQTT outbox {self.path}: {e}",
-                                 hint="point the sink's `outbox` at a writable directory") from e
-        if fcntl is not None:
-            try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                f.close()
-                raise RuntimeFailure(f"the MQTT outbox {self.path} is already open in another process or sink",
-                                     hint="give each pipeline its own `outbox` file") from None
-        return f
-
     def _release_lock(self) -> None:
         if self._lockfile is not None:
             self._lockfile.close()  # closing the descriptor drops the flock
             self._lockfile = None
 
-    def _open(self, *, synchronous: str, max_bytes: int | None, create: bool) -> sqlite3.Connection:
-        corrupt = ("the file is not a readable edgepilot outbox: move it aside (edgepilot then starts a new, empty "
-                   "one) and inspect it with the sqlite3 tool")
-        try:
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
-        except sqlite3.Error as e:
-            raise RuntimeFailure(f"cannot open the MQTT outbox {self.path}: {e}",
-                                 hint="check that the directory exists and is writable") from e
-        try:
-            if create:
-                if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
-                    raise RuntimeFailure(f"the MQTT outbox {self.path} is corrupt (sqlite quick_check failed)",
-                                         corrupt)
-                app_id = db.execute("PRAGMA application_id").fetchone()[0]
-                tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-                if tables and app_id != _APP_ID:
-                    raise RuntimeFailure(f"{self.path} is an SQLite database but not an edgepilot MQTT outbox",
-                                         hint="point the sink's `outbox` at a file of its own")
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(f"PRAGMA synchronous={synchronous}")
-            db.execute("PRAGMA journal_size_limit=4194304")  # a burst must not leave a huge WAL file behind
-            if max_bytes is not None:
-                page = db.execute("PRAGMA page_size").fetchone()[0]
-                db.execute(f"PRAGMA max_page_count={max(8, int(max_bytes) // page)}")
-            if create and not {"outbox", "dead_letters"} <= tables:  # writes nothing if it exists: the disk may be full
-                db.executescript(_SCHEMA)
-                db.execute(f"PRAGMA application_id={_APP_ID}")
-        except RuntimeFailure:
-            db.close()
-            raise
-        except sqlite3.DatabaseError as e:
-            db.close()
-            if isinstance(e, sqlite3.OperationalError):  # the file is fine, the system is not
-                full = "full" in str(e).lower()
-                raise RuntimeFailure(f"cannot open the MQTT outbox {self.path}: {e}",
-                                     hint="free disk space" if full else "check the file's permissions") from e
-            raise RuntimeFailure(f"the MQTT outbox {self.path} is corrupt: {e}", corrupt) from e
-        return db
-
-    def _file_identity(self) -> tuple[int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return None
-        return st.st_dev, st.st_ino
-
     def _recover_if_replaced(self) -> None:
         """Recreates the file when it is no longer the one opened (deleted, or another file in its place), and says
         loudly how many pending messages went with it. The caller holds _wlock."""
-        now = self._file_identity()
+        now = store.identity(self.path)
         if now == self._identity:
             return
         with self._step_lock:  # the publisher is between steps
@@ -204,10 +117,11 @@ class Outbox:
                 except sqlite3.Error:
                     pass
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = self._open(synchronous="FULL", max_bytes=self._max_bytes, create=True)
-            self._pub_db = self._open(synchronous="NORMAL", max_bytes=self._max_bytes, create=False)
-            self._identity = self._file_identity()
-            pending = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+            self._db = store.connect(self.path, synchronous="FULL", max_bytes=self._max_bytes, create=True)
+            self._pub_db = store.connect(self.path, synchronous="NORMAL", max_bytes=self._max_bytes,
+                                         create=False)
+            self._identity = store.identity(self.path)
+            pending = store.count(self._db)
             what = "was deleted" if now is None else "was replaced by another file"
             with self._cond:
                 self._window, self._acked, self._undeleted, self._last_sent = [], set(), [], 0
@@ -230,7 +144,7 @@ class Outbox:
     def put_many(self, messages: Iterable[tuple[str, bytes | str, str | None]]) -> list[str]:
         """`put` for several (topic, payload, event_id) at once, in one transaction - one fsync, which matters on
         SD cards - and atomically: all are accepted or, with the error, none."""
-        rows = [_checked(*m) for m in messages]
+        rows = [store.checked(*m) for m in messages]
         with self._wlock:
             if self.max_pending is not None and self._pending + len(rows) > self.max_pending:
                 raise RuntimeFailure(
@@ -243,14 +157,8 @@ class Outbox:
             self._recover_if_replaced()
             now = time.time()
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                inserted = sum(self._db.execute(
-                    "INSERT OR IGNORE INTO outbox (event_id, topic, payload, created) VALUES (?, ?, ?, ?)",
-                    (eid, topic, body, now)).rowcount for topic, body, eid in rows)
-                self._db.execute("COMMIT")  # with synchronous=FULL, on stable storage when this returns
+                inserted = store.insert(self._db, rows, now)  # one transaction: all are stored, or none
             except sqlite3.Error as e:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
                 full = "full" in str(e).lower()
                 raise RuntimeFailure(
                     f"MQTT outbox {self.path} cannot store the message: {e}",
@@ -415,15 +323,7 @@ class Outbox:
                     if send and self._connected and not self._stale and not self._stopping else 0)
         if room <= 0:
             return bool(done)
-        rows = self._pub_db.execute("SELECT id, event_id, topic, payload FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
-                                    (self._last_sent, room)).fetchall()
-        if rows:
-            try:  # bookkeeping only: a full disk must not hold up delivery
-                marks = ",".join("?" * len(rows))
-                self._pub_db.execute(f"UPDATE outbox SET attempts = attempts + 1 WHERE id IN ({marks})",
-                                     [r[0] for r in rows])
-            except sqlite3.Error as e:
-                log.debug("outbox: attempts not recorded: %s", e)
+        rows = store.after(self._pub_db, self._last_sent, room)
         for rid, eid, topic, payload in rows:
             try:
                 info = self._client.publish(topic, payload, qos=self.qos)
@@ -444,7 +344,7 @@ class Outbox:
         appended) delivery goes on: the ids are remembered and the delete retried, and a restart in between only
         re-sends those messages - duplicates, never losses."""
         try:
-            self._pub_db.execute(f"DELETE FROM outbox WHERE id IN ({','.join('?' * len(ids))})", ids)
+            store.delete(self._pub_db, ids)
         except sqlite3.Error as e:
             if not self._undeleted:
                 log.warning("outbox %s: cannot record deliveries (%s); delivering on, %d will be re-sent if "
@@ -460,38 +360,9 @@ class Outbox:
 
     def _dead_letter(self, rid: int, error: str) -> None:
         log.error("outbox: message %d cannot be published (%s); moved to the dead_letters table", rid, error)
-        db = self._pub_db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.execute("INSERT INTO dead_letters SELECT id, event_id, topic, payload, created, ? FROM outbox "
-                       "WHERE id = ?", (error, rid))
-            db.execute("DELETE FROM outbox WHERE id = ?", (rid,))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+        store.dead_letter(self._pub_db, rid, error)
         with self._cond:
             self._pending -= 1
             self._dead += 1
             self._last_error = error
             self._cond.notify_all()
-
-
-def _checked(topic: str, payload: bytes | str, event_id: str | None) -> tuple[str, bytes, str]:
-    """Rejects, before it is accepted, what MQTT cannot carry: stored, it would block the queue forever."""
-    if not isinstance(topic, str) or not topic or "+" in topic or "#" in topic or "\0" in topic \
-            or len(topic.encode()) > 65535:
-        raise InputError(f"invalid MQTT topic for publishing: {topic!r}",
-                         hint="a non-empty topic without the wildcards + and #")
-    if isinstance(payload, str):
-        body = payload.encode("utf-8")
-    elif isinstance(payload, (bytes, bytearray, memoryview)):
-        body = bytes(payload)
-    else:
-        raise InputError(f"MQTT payload must be bytes or str, not {type(payload).__name__}")
-    if len(body) > _MAX_PAYLOAD:
-        raise InputError(f"MQTT payload of {len(body)} bytes is over the protocol limit of {_MAX_PAYLOAD}")
-    eid = uuid.uuid4().hex if event_id is None else str(event_id)
-    if not eid:
-        raise InputError("event_id must not be empty")
-    return topic, body, eid
