@@ -1,6 +1,8 @@
 """The one exception tree: every user-facing failure is an EdgepilotError with a hint."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 
 class EdgepilotError(Exception):
     """A failure the user can act on. The CLI prints it on one line; the server answers it as JSON."""
@@ -74,10 +76,22 @@ def first_line(e: BaseException) -> str:
     return type(e).__name__
 
 
-def translate(e: BaseException, cls: type[EdgepilotError], context: str, hint: str | None = None) -> EdgepilotError:
+def last_line(e: BaseException) -> str:
+    """A foreign exception in one line: its last non-empty line (where converters that dump their log or a stack
+    put the reason), or its type's name when it says nothing."""
+    for line in reversed(str(e).splitlines()):
+        if line.strip():
+            return line.strip()
+    return type(e).__name__
+
+
+def translate(e: BaseException, cls: type[EdgepilotError], context: str, hint: str | None = None, *,
+              line: Callable[[BaseException], str] = first_line, limit: int | None = None) -> EdgepilotError:
     """The edgepilot error for a foreign one at a boundary: `raise translate(e, ModelError, f"{path}: onnxruntime
-    cannot load it") from e` reads "…: onnxruntime cannot load it (<first line>)"."""
-    return cls(f"{context} ({first_line(e)})", hint=hint)
+    cannot load it") from e` reads "…: onnxruntime cannot load it (<first line>)". `line`: which line of the
+    foreign message to quote (first_line or last_line); `limit`: at most that many of its characters."""
+    said = line(e)
+    return cls(f"{context} ({said[:limit] if limit else said})", hint=hint)
 
 
 def missing_extra(package: str, extra: str) -> UnavailableError:

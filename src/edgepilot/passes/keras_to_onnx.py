@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgepilot.errors import InputError, RuntimeFailure
+from edgepilot.errors import ConversionError, InputError, last_line, translate
 from edgepilot.model import Format, Model
 from edgepilot.optional import require
 from edgepilot.passes.base import Pass, PassContext
@@ -38,5 +38,7 @@ class KerasToOnnx(Pass):
         try:
             tf2onnx.convert.from_function(fn, input_signature=specs, opset=options.opset, output_path=str(out))
         except Exception as e:
-            raise RuntimeFailure(f"tf2onnx failed: {str(e).strip().splitlines()[-1][:300]}") from e
+            raise translate(e, ConversionError, f"tf2onnx failed on {model.path.name}", line=last_line, limit=300,
+                            hint=f"tf2onnx may lack an op of this model at opset {options.opset}: try another opset, "
+                                 "or the TFLite and OpenVINO variants, which convert Keras without it") from e
         return Model.load(out)

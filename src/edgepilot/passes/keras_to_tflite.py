@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgepilot.errors import InputError, RuntimeFailure
+from edgepilot.errors import ConversionError, InputError, last_line, translate
 from edgepilot.formats import TRUST_HINT
 from edgepilot.model import Format, Model
 from edgepilot.optional import require
@@ -55,7 +55,9 @@ class KerasToTFLite(Pass):
         try:
             data = conv.convert()
         except Exception as e:
-            raise RuntimeFailure(f"the TFLite converter failed: {str(e).strip().splitlines()[-1][:300]}") from e
+            raise translate(e, ConversionError, f"the TFLite converter failed on {model.path.name}", line=last_line,
+                            limit=300, hint="an op of this model may lack a TFLite builtin kernel at this precision: "
+                                            "another precision may convert") from e
         out = ctx.workdir / f"model_{options.precision}.tflite"
         out.write_bytes(data)
         return Model.load(out)

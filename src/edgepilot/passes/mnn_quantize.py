@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgepilot.errors import RuntimeFailure
+from edgepilot.errors import ConversionError
 from edgepilot.model import Format, Model
 from edgepilot.passes.base import Pass, PassContext
 from edgepilot.passes.calibration import calibration_set
@@ -83,7 +83,7 @@ class MNNQuantizeInt8(Pass):
         said = [ln.strip() for ln in (done.stdout + done.stderr).replace("\r", "\n").splitlines() if ln.strip()]
         log.debug("MNN quantizer said: %s", " | ".join(said[-5:]))
         if done.returncode != 0 or not out.is_file():
-            raise RuntimeFailure(f"the MNN quantizer failed on {model.path.name} (exit {done.returncode})",
-                                 hint=said[-1][:300] if said else None)
+            raise ConversionError(f"the MNN quantizer failed on {model.path.name} (exit {done.returncode})",
+                                  hint=said[-1][:300] if said else None)
         ctx.notes["feature_method"] = options.feature_method
         return Model.load(out)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgepilot.errors import RuntimeFailure
+from edgepilot.errors import ConversionError, last_line, translate
 from edgepilot.model import Format, Model
 from edgepilot.optional import require
 from edgepilot.passes.base import Pass, PassContext
@@ -59,9 +59,9 @@ class OnnxFp16(Pass):
                 keep_io_types=options.keep_io_types, op_block_list=options.op_block_list,
                 node_block_list=node_block_list or None)
         except Exception as e:
-            lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
-            raise RuntimeFailure(f"fp16 conversion of {model.path.name} failed: "
-                                 f"{lines[-1][:300] if lines else type(e).__name__}") from e
+            raise translate(e, ConversionError, f"fp16 conversion of {model.path.name} failed", line=last_line,
+                            limit=300, hint="keep the nodes it fails on in fp32 with the node_block_list or "
+                                            "op_block_list option") from e
         retargeted = retarget_casts(converted.graph)
         ctx.notes["kept_fp32_out_of_range"] = blocked
         ctx.notes["casts_retargeted"] = retargeted

@@ -12,7 +12,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgepilot.errors import ConfigError, EdgepilotError, InputError, RuntimeFailure
+from edgepilot.errors import ConfigError, ConversionError, EdgepilotError, InputError, last_line, translate
 from edgepilot.model import Format, Model
 from edgepilot.optional import require
 from edgepilot.passes.base import Pass, PassContext
@@ -245,9 +245,8 @@ def _call(tool: str, model: Model, fn) -> None:
     except EdgepilotError:
         raise
     except Exception as e:
-        lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
-        raise RuntimeFailure(f"onnxruntime {tool} failed on {model.path.name}: "
-                             f"{lines[-1][:300] if lines else type(e).__name__}") from e
+        raise translate(e, ConversionError, f"onnxruntime {tool} failed on {model.path.name}", line=last_line,
+                        limit=300, hint="keep the nodes it fails on in float with the nodes_to_exclude option") from e
     finally:
         if chatter.getvalue().strip():
             log.debug("%s said: %s", tool, chatter.getvalue().strip())

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgepilot.errors import RuntimeFailure
+from edgepilot.errors import ConversionError, last_line, translate
 from edgepilot.model import Format, Model
 from edgepilot.optional import require
 from edgepilot.passes.base import Pass, PassContext
 
+_HINT = "the no_shape_infer or skip_fusion_patterns option skips the step it fails in"
 
 class Options(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -46,9 +47,10 @@ class OnnxSimplify(Pass):
         try:
             slimmed = onnxslim.slim(str(model.path), **kwargs)
         except Exception as e:
-            raise RuntimeFailure(f"onnxslim failed on {model.path.name}: {_last_line(e)}") from e
+            raise translate(e, ConversionError, f"onnxslim failed on {model.path.name}", line=last_line, limit=300,
+                            hint=_HINT) from e
         if slimmed is None:  # onnxslim returns None when it gives up
-            raise RuntimeFailure(f"onnxslim could not simplify {model.path.name}")
+            raise ConversionError(f"onnxslim could not simplify {model.path.name}", hint=_HINT)
         out = ctx.workdir / "model_slim.onnx"
         onnx.save(slimmed, str(out))
         before, after = _count_nodes(onnx, model), len(slimmed.graph.node)
@@ -58,8 +60,3 @@ class OnnxSimplify(Pass):
 
 def _count_nodes(onnx, model: Model) -> int:
     return len(onnx.load(str(model.path), load_external_data=False).graph.node)
-
-
-def _last_line(e: BaseException) -> str:
-    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
-    return lines[-1][:300] if lines else type(e).__name__

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from edgepilot.errors import RuntimeFailure
+from edgepilot.errors import ConversionError
 from edgepilot.model import Format, Model
 from edgepilot.passes.base import Pass, PassContext
 
@@ -40,6 +40,6 @@ class OnnxToMNN(Pass):
                               text=True, timeout=600)
         if done.returncode != 0 or not out.is_file():
             tail = [ln for ln in (done.stdout + done.stderr).splitlines() if ln.strip()][-2:]
-            raise RuntimeFailure(f"MNNConvert failed on {model.path.name} (exit {done.returncode})",
-                                 hint=" | ".join(tail) or None)
+            raise ConversionError(f"MNNConvert failed on {model.path.name} (exit {done.returncode})",
+                                  hint=" | ".join(tail) or None)
         return Model.load(out)

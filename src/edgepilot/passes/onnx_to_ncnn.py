@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from edgepilot.errors import InputError, RuntimeFailure
+from edgepilot.errors import ConversionError, InputError
 from edgepilot.formats.ncnn import set_input_shapes
 from edgepilot.model import Format, Model
 from edgepilot.optional import require
@@ -52,8 +52,8 @@ class OnnxToNcnn(Pass):
         param = stem.with_suffix(".param")
         if done.returncode != 0 or not param.is_file():
             tail = [ln for ln in (done.stdout + done.stderr).splitlines() if ln.strip()][-2:]
-            raise RuntimeFailure(f"pnnx failed on {model.path.name} (exit {done.returncode})",
-                                 hint=" | ".join(tail) or None)
+            raise ConversionError(f"pnnx failed on {model.path.name} (exit {done.returncode})",
+                                  hint=" | ".join(tail) or None)
         for suffix in ("_pnnx.py", "_ncnn.py", ".pnnx.onnx", ".pnnx.param", ".pnnx.bin"):
             stem.with_name(stem.name + suffix).unlink(missing_ok=True)  # intermediates, not deliverables
         set_input_shapes(param, {"in0": shape[1:]})  # ncnn blobs carry no batch: record the per-sample shape

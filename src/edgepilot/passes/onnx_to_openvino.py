@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from edgepilot.errors import RuntimeFailure, first_line
+from edgepilot.errors import ConversionError, translate
 from edgepilot.model import Format, Model
 from edgepilot.optional import require
 from edgepilot.passes.base import Pass, PassContext
@@ -38,8 +38,9 @@ class OnnxToOpenVINO(Pass):
             try:
                 converted = ov.convert_model(source)
             except Exception as e:
-                raise RuntimeFailure(f"OpenVINO could not convert {model.path.name}: "
-                                     f"{first_line(e)}") from e
+                raise translate(e, ConversionError, f"OpenVINO could not convert {model.path.name}",
+                                hint="OpenVINO's converter may lack an op of this model: check OpenVINO's "
+                                     "supported operations for its frontend") from e
         xml = ctx.workdir / f"model_{options.precision}.xml"
         ov.save_model(converted, str(xml), compress_to_fp16=options.precision == "fp16")
         return Model.load(xml)

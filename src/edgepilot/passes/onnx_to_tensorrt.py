@@ -16,7 +16,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from edgepilot.errors import InputError, ModelError, RuntimeFailure, UnavailableError
+from edgepilot.errors import ConversionError, InputError, ModelError, UnavailableError
 from edgepilot.model import Format, Model
 from edgepilot.optional import require
 from edgepilot.passes.base import Pass, PassContext
@@ -116,8 +116,8 @@ def build_plan(onnx_path: Path, plan_path: Path, options: Options | None = None,
         config.add_optimization_profile(profile)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        raise RuntimeFailure(f"TensorRT failed to build a plan from {onnx_path.name}",
-                             hint=logger.errors[-1][:300] if logger.errors else None)
+        raise ConversionError(f"TensorRT failed to build a plan from {onnx_path.name}",
+                              hint=logger.errors[-1][:300] if logger.errors else None)
     plan_path.write_bytes(plan)
     return plan_path
 

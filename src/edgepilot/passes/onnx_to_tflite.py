@@ -19,7 +19,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgepilot.errors import InputError, RuntimeFailure
+from edgepilot.errors import ConversionError, InputError
 from edgepilot.model import Format, Model
 from edgepilot.passes.base import Pass, PassContext
 from edgepilot.passes.calibration import calibration_set
@@ -68,7 +68,7 @@ class OnnxToTFLite(Pass):
             shutil.rmtree(work, ignore_errors=True)
             try:
                 found = self._convert(model, options, ctx, shapes, calibration, work)
-            except RuntimeFailure as e:
+            except ConversionError as e:
                 if calibration is None or options.precision not in ("float32", "float16"):
                     raise
                 # the int8 step failed: a float variant does not need it
@@ -102,8 +102,8 @@ class OnnxToTFLite(Pass):
             proc = subprocess.run(args, cwd=ctx.workdir, capture_output=True, text=True, timeout=options.timeout_s,
                                   env=env)
         except subprocess.TimeoutExpired as e:
-            raise RuntimeFailure(f"onnx2tf took longer than {options.timeout_s} s on {model.path.name}",
-                                 hint="raise the pass's timeout_s option") from e
+            raise ConversionError(f"onnx2tf took longer than {options.timeout_s} s on {model.path.name}",
+                                  hint="raise the pass's timeout_s option") from e
         finally:
             for f in [*ctx.workdir.glob("*.npy"), static]:
                 f.unlink(missing_ok=True)
@@ -111,8 +111,10 @@ class OnnxToTFLite(Pass):
         if proc.returncode != 0 or not found:
             text = re.sub(r"\x1b\[[0-9;]*m", "", proc.stderr + proc.stdout)  # onnx2tf colours its errors
             tail = [ln for ln in text.strip().splitlines() if ln.strip()][-3:]
-            raise RuntimeFailure(f"onnx2tf failed on {model.path.name} (exit {proc.returncode}): "
-                                 f"{' | '.join(t.strip()[:200] for t in tail) or 'no message'}")
+            raise ConversionError(f"onnx2tf failed on {model.path.name} (exit {proc.returncode}): "
+                                  f"{' | '.join(t.strip()[:200] for t in tail) or 'no message'}",
+                                  hint="onnx2tf may lack an op of this model; a Keras model converts to TFLite "
+                                       "without it (keras-to-tflite)")
         return found
 
 

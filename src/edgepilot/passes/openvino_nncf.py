@@ -10,7 +10,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgepilot.errors import ConfigError, EdgepilotError, InputError, RuntimeFailure
+from edgepilot.errors import ConfigError, ConversionError, EdgepilotError, InputError, last_line, translate
 from edgepilot.model import Format, Model
 from edgepilot.optional import require
 from edgepilot.passes.base import Pass, PassContext
@@ -67,7 +67,8 @@ class OpenVINONncfInt8(Pass):
             # read_model reads ONNX through the frontend directly (no ovc conversion step)
             source = ov.Core().read_model(str(model.path))
         except Exception as e:
-            raise RuntimeFailure(f"OpenVINO cannot read {model.path.name}: {_last_line(e)}") from e
+            raise translate(e, ConversionError, f"OpenVINO cannot read {model.path.name}", line=last_line, limit=300,
+                            hint="OpenVINO's reader may lack an op of this model") from e
         calibration = nncf.Dataset(items)
         kwargs: dict[str, Any] = dict(
             preset=getattr(nncf.QuantizationPreset, options.preset.upper()),
@@ -92,7 +93,8 @@ class OpenVINONncfInt8(Pass):
         except EdgepilotError:
             raise
         except Exception as e:
-            raise RuntimeFailure(f"NNCF failed to quantise {model.path.name}: {_last_line(e)}") from e
+            raise translate(e, ConversionError, f"NNCF failed to quantise {model.path.name}", line=last_line,
+                            limit=300, hint="keep the nodes it fails on in float (nodes_to_exclude)") from e
         xml = ctx.workdir / "model_int8.xml"
         ov.save_model(quantized, str(xml), compress_to_fp16=False)  # int8 weights already; keep the rest exact
         ctx.notes["accuracy_control"] = bool(use_labels)
@@ -163,8 +165,3 @@ def _quiet(nncf):
         nncf.set_log_level(level)
         if chatter.getvalue().strip():
             log.debug("nncf said: %s", chatter.getvalue().strip()[-2000:])
-
-
-def _last_line(e: BaseException) -> str:
-    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
-    return lines[-1][:300] if lines else type(e).__name__

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgepilot.errors import EdgepilotError, RuntimeFailure, first_line
+from edgepilot.errors import ConversionError, EdgepilotError, translate
 from edgepilot.formats import tflite_edit as edit
 from edgepilot.model import Format, Model
 from edgepilot.optional import require
@@ -85,8 +85,8 @@ class TFLiteQuantize(Pass):
         except EdgepilotError:
             raise
         except Exception as e:  # the quantiser raises ValueError/RuntimeError with its reason
-            msg = first_line(e)[:300]
-            raise RuntimeFailure(f"LiteRT's quantiser failed on {model.path.name}: {msg}") from e
+            raise translate(e, ConversionError, f"LiteRT's quantiser failed on {model.path.name}", limit=300,
+                            hint="another precision or granularity option may quantise it") from e
         out = ctx.workdir / f"model_{options.precision}.tflite"
         out.write_bytes(bytes(result.quantized_model))
         return Model.load(out)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgepilot.errors import RuntimeFailure, first_line
+from edgepilot.errors import ConversionError, translate
 from edgepilot.model import Format, Model
 from edgepilot.optional import require
 from edgepilot.passes.base import Pass, PassContext
@@ -39,8 +39,9 @@ class TFLiteToOnnx(Pass):
         try:
             tf2onnx.convert.from_tflite(str(model.path), opset=options.opset, output_path=str(out))
         except Exception as e:  # tf2onnx raises ValueError/KeyError/... naming the op it cannot take
-            msg = first_line(e)[:300]
-            raise RuntimeFailure(f"tf2onnx cannot convert {model.path.name}: {msg}") from e
+            raise translate(e, ConversionError, f"tf2onnx cannot convert {model.path.name}", limit=300,
+                            hint=f"tf2onnx may lack an op of this model at opset {options.opset}: try another "
+                                 "opset") from e
         ctx.notes["opset"] = options.opset
         if options.dynamic_batch:
             ctx.notes["dynamic_batch"] = _dynamic_batch(out)

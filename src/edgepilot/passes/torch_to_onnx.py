@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgepilot.errors import InputError, RuntimeFailure, first_line
+from edgepilot.errors import ConversionError, InputError, translate
 from edgepilot.formats import TRUST_HINT
 from edgepilot.formats.torch import load_exported_program, load_torchscript
 from edgepilot.model import Format, Model
@@ -65,5 +65,7 @@ class TorchToOnnx(Pass):
                                   dynamic_axes=dynamic | {"output": {0: "batch"}} if dynamic else None,
                                   dynamo=False, opset_version=options.opset)
         except Exception as e:
-            raise RuntimeFailure(f"torch.onnx.export failed: {first_line(e)[:300]}") from e
+            raise translate(e, ConversionError, f"torch.onnx.export failed on {model.path.name}", limit=300,
+                            hint=f"the exporter may lack an op of this model at opset {options.opset}: try another "
+                                 "opset") from e
         return Model.load(out)
