@@ -78,7 +78,9 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         py, cli = venv / "bin" / "python", venv / "bin" / "edgepilot"
         t0 = time.perf_counter()
-        subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-compile", f"{ROOT}[{EXTRAS}]"], check=True)
+        # bytecode compiled at install, as pip does by default: with PYTHONDONTWRITEBYTECODE set (CI, containers)
+        # nothing else writes it, and every start would compile every module again
+        subprocess.run([str(py), "-m", "pip", "install", "-q", f"{ROOT}[{EXTRAS}]"], check=True)
         out["install_s"] = round(time.perf_counter() - t0, 1)
         site = next((venv / "lib").glob("python3*/site-packages"))
         out["environment_mb"] = round(runtime_mb(venv, site), 1)
@@ -122,7 +124,7 @@ def main() -> None:
             proc.terminate()
             proc.wait(30)
 
-        subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-compile", f"{ROOT}[{EXTRAS},vision]"],
+        subprocess.run([str(py), "-m", "pip", "install", "-q", f"{ROOT}[{EXTRAS},vision]"],
                        check=True)
         out["vision_extra_mb"] = round(runtime_mb(venv, site) - out["environment_mb"], 1)
 

@@ -1,4 +1,4 @@
-"""The server: a FastAPI app over a model repository (KServe v2, TF Serving, /metrics), and running it with uvicorn."""
+"""The server: a Starlette app over a model repository (KServe v2, TF Serving, /metrics), run with uvicorn."""
 from __future__ import annotations
 
 import logging
@@ -7,10 +7,11 @@ import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from edgepilot.errors import EdgepilotError, RuntimeFailure
 from edgepilot.optional import require
@@ -23,14 +24,14 @@ log = logging.getLogger(__name__)
 
 
 def create_app(repo: Repository, settings: ServerSettings | None = None,
-               broadcaster: Broadcaster | None = None, *, pipeline_stats=None, monitor=None) -> FastAPI:
+               broadcaster: Broadcaster | None = None, *, pipeline_stats=None, monitor=None) -> Starlette:
     """The app serving `repo` (already loaded, or loaded through the repository API), and a pipeline's stream and
     statistics when given them; closing the app at shutdown retires every model once its requests have finished.
 
     `monitor` (default: every collector of this machine) feeds the system gauges of /metrics and the dashboard."""
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI):
+    async def lifespan(_: Starlette):
         grpc_server = None
         if app.state.settings.grpc_port is not None:  # on this event loop: it shares the repository's schedulers
             from edgepilot.serve import kserve_grpc
@@ -43,7 +44,26 @@ def create_app(repo: Repository, settings: ServerSettings | None = None,
         if app.state.monitor is not None:
             app.state.monitor.close()
 
-    app = FastAPI(title="edgepilot serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    async def metrics(_: Request) -> Response:
+        body, content_type = app.state.metrics.render()
+        return Response(body, media_type=content_type)
+
+    async def edgepilot_error(_: Request, e: EdgepilotError) -> Response:
+        return error_response(e)
+
+    async def http_error(_: Request, e: HTTPException) -> Response:
+        return json_response({"error": str(e.detail)}, e.status_code)
+
+    async def internal_error(request: Request, e: Exception) -> Response:  # never a crash, never an HTML page
+        log.exception("%s %s failed", request.method, request.url.path)
+        return json_response({"error": f"internal error: {type(e).__name__}: {e}"}, 500)
+
+    from edgepilot.serve import dashboard, kserve, stream, tfserving
+
+    routes = [*kserve.router.routes, *tfserving.router.routes, *stream.router.routes, *dashboard.router.routes,
+              Route("/metrics", metrics, methods=["GET"])]
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
+        EdgepilotError: edgepilot_error, HTTPException: http_error, Exception: internal_error})
     app.state.repo = repo
     app.state.broadcaster = broadcaster
     app.state.settings = settings or ServerSettings()
@@ -55,36 +75,6 @@ def create_app(repo: Repository, settings: ServerSettings | None = None,
         from edgepilot.monitor.prometheus import MonitorCollector
 
         app.state.metrics.registry.register(MonitorCollector(app.state.monitor))
-
-    from edgepilot.serve import dashboard, kserve, stream, tfserving
-
-    app.include_router(kserve.router)
-    app.include_router(tfserving.router)
-    app.include_router(stream.router)
-    app.include_router(dashboard.router)
-
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        body, content_type = app.state.metrics.render()
-        return Response(body, media_type=content_type)
-
-    @app.exception_handler(EdgepilotError)
-    async def edgepilot_error(_: Request, e: EdgepilotError) -> Response:
-        return error_response(e)
-
-    @app.exception_handler(HTTPException)
-    async def http_error(_: Request, e: HTTPException) -> Response:
-        return json_response({"error": str(e.detail)}, e.status_code)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, e: RequestValidationError) -> Response:
-        return json_response({"error": f"invalid request: {e.errors()[0].get('msg', e)}"}, 400)
-
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, e: Exception) -> Response:  # never a crash, never an HTML page
-        log.exception("%s %s failed", request.method, request.url.path)
-        return json_response({"error": f"internal error: {type(e).__name__}: {e}"}, 500)
-
     return app
 
 
@@ -120,7 +110,7 @@ def serve(models: str | Path, settings: ServerSettings) -> None:
 class BackgroundServer:
     """uvicorn in a thread of this process (the pipeline's server, the tests' servers)."""
 
-    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+    def __init__(self, app: Starlette, host: str, port: int) -> None:
         uvicorn = require("uvicorn", "serve")
         self.app = app
         self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",

@@ -10,13 +10,14 @@ import asyncio
 import time
 from importlib import resources
 
-from fastapi import APIRouter, Request
+from starlette.requests import Request
 from starlette.responses import Response
 
 from edgepilot.errors import InputError
 from edgepilot.serve.http import check_token, json_response
+from edgepilot.serve.routes import Router
 
-router = APIRouter()
+router = Router()
 _STATIC = {"dashboard.html": "text/html; charset=utf-8", "dashboard.js": "text/javascript; charset=utf-8",
            "dashboard.css": "text/css; charset=utf-8"}
 

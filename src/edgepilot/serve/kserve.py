@@ -6,16 +6,17 @@ import time
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Request
+from starlette.requests import Request
 from starlette.responses import Response
 
 from edgepilot import __version__
 from edgepilot.errors import InputError
 from edgepilot.serve.http import accounted, check_token, json_response, read_body
+from edgepilot.serve.routes import Router
 from edgepilot.serve.served import ServedVersion
 from edgepilot.serve.tensors import from_bytes, from_json_data, kserve_dtype, loads_json, to_bytes, wire_shape
 
-router = APIRouter()
+router = Router()
 HEADER_LENGTH = "Inference-Header-Content-Length"
 EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics"]
 

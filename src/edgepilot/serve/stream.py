@@ -12,12 +12,13 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 
-from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from edgepilot.runtime.item import Item
+from edgepilot.serve.routes import Router
 
 log = logging.getLogger(__name__)
-router = APIRouter()
+router = Router()
 WHAT = ("results", "events", "all")
 
 

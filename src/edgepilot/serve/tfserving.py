@@ -6,16 +6,17 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Request
+from starlette.requests import Request
 from starlette.responses import Response
 
 from edgepilot.errors import InputError, NotFoundError
 from edgepilot.model import TensorSpec
 from edgepilot.serve.http import accounted, check_token, json_response, read_body
+from edgepilot.serve.routes import Router
 from edgepilot.serve.served import ServedVersion
 from edgepilot.serve.tensors import loads_json, wire_shape
 
-router = APIRouter()
+router = Router()
 SIGNATURE = "serving_default"
 _TF_DTYPES = {
     "bool": "DT_BOOL", "uint8": "DT_UINT8", "uint16": "DT_UINT16", "uint32": "DT_UINT32", "uint64": "DT_UINT64",
