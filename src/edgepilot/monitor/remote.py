@@ -90,7 +90,9 @@ def fetch(url: str, *, token: str | None = None, timeout_s: float = 5.0) -> str:
 
 
 def scrape(url: str, *, token: str | None = None, timeout_s: float = 5.0) -> Exposition:
-    """Fetch and parse one /metrics page; EndpointError when it is not Prometheus text."""
+    """Fetch and parse one /metrics page (`url` as `metrics_url` reads it); EndpointError when it is not
+    Prometheus text."""
+    url = metrics_url(url)
     text = fetch(url, token=token, timeout_s=timeout_s)
     try:
         exp = parse(text)
