@@ -272,3 +272,37 @@ def test_bearer_token_for_a_protected_endpoint():
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_a_pipelines_server_gives_fps_queue_and_drops():
+    """The server `edgepilot run` starts for `server:` in its YAML, over the pipeline's real statistics."""
+    from edgepilot.monitor.collectors.inference import InferenceRecorder
+    from edgepilot.runtime.stats import PipelineStats
+    from edgepilot.serve.app import pipeline_server
+
+    stats = PipelineStats(recorder=InferenceRecorder())
+    stats.count("received", n=5)
+    stats.count("dropped", n=2)
+    stats.completed(3)
+    stats.set_queue_depth(4)
+    server, _ = pipeline_server("127.0.0.1", free_port(), None, stats)
+    server.start()
+    try:
+        url = f"http://127.0.0.1:{server.server.config.port}"
+        reader = RemoteReader("p")
+        first = by_key(reader.readings(scrape(url), now=0.0))
+        stats.count("dropped", n=3)
+        got = by_key(reader.readings(scrape(url), now=5.0))
+    finally:
+        server.stop()
+    assert first["inference_pipeline_items_total{what=dropped}"].value == 2
+    assert got["inference_pipeline_items_total{what=dropped}"].value == 5
+    assert got["inference_pipeline_items_per_s{what=dropped}"].value == pytest.approx(0.6)  # 3 more in 5 s
+    assert got["inference_pipeline_items_total{what=completed}"].value == 3
+    assert got["inference_pipeline_queue_depth"].value == 4 and got["inference_pipeline_fps"].value >= 0
+    assert not any(k.startswith("inference_requests_total") for k in got)  # no models served
+    from edgepilot.monitor.live import render_frame
+    from edgepilot.monitor.readings import Sample
+
+    frame = render_frame(Sample(0.0, list(got.values()))).plain
+    assert "pipeline" in frame and "queue 4" in frame and "dropped 5 (0.6/s)" in frame and "completed 3" in frame
