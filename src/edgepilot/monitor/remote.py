@@ -145,7 +145,8 @@ class RemoteReader:
         deltas = self._deltas(name, exp, earlier)
         total, errors, d_total, d_errors = (defaultdict(float) for _ in range(4))
         for labels, c in exp.counters.get(name, {}).items():
-            key, failed = _model_key(labels), int(dict(labels).get("code", "0") or 0) >= 400
+            code = dict(labels).get("code", "")
+            key, failed = _model_key(labels), code.isdigit() and int(code) >= 400
             total[key] += c.value
             errors[key] += c.value if failed else 0.0
             if labels in deltas:
