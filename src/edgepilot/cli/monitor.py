@@ -54,6 +54,12 @@ def _alerts(rules_file: Path | None, thresholds_file: Path | None, alert_log: Pa
     return AlertEngine(rules, sinks)
 
 
+URL_OPTION = typer.Option(None, "--url", help="Read a running server or runtime through its Prometheus endpoint "
+                                               "(http://HOST:PORT, /metrics is added) instead of this machine.")
+TOKEN_OPTION = typer.Option(None, "--token", envvar="EDGEPILOT_METRICS_TOKEN",
+                            help="Bearer token for a protected --url endpoint (or $EDGEPILOT_METRICS_TOKEN).")
+TIMEOUT_OPTION = typer.Option(5.0, "--timeout", min=0.1, help="Seconds to wait for the --url endpoint.")
+
 monitor_app = typer.Typer(invoke_without_command=True, no_args_is_help=False, add_completion=False,
                           help="Watch CPU, memory, disk, network, GPU, temperature, power and inference live, "
                                "with history, alerts and a report.")
@@ -72,10 +78,20 @@ def live(
     alert_log: Path = typer.Option(None, help="Append alerts to this JSONL file."),
     webhook: str = typer.Option(None, help="POST alerts to this URL (kept and retried while offline)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON line per sample instead of the table."),
+    url: str = URL_OPTION,
+    token: str = TOKEN_OPTION,
+    timeout: float = TIMEOUT_OPTION,
 ) -> None:
-    """Sample every source at --interval and show the latest values; history goes to --db."""
+    """Sample every source at --interval and show the latest values; history goes to --db.
+
+    With --url, read a running `edgepilot serve` or `edgepilot run` (with `server:`) through its /metrics instead
+    of this machine: requests, latency, queue and compute time, batch size per model and version, pipeline fps and
+    drops, and the system readings that process exports. An unreachable endpoint is shown and tried again."""
     if ctx.invoked_subcommand is not None:
         return
+    if url and pid is not None:
+        raise ConfigError("--pid watches a process on this machine; it cannot be combined with --url",
+                          hint="the server's /metrics already holds its own process readings")
     from rich.console import Console
     from rich.live import Live
 
@@ -86,14 +102,20 @@ def live(
     store = None if no_store else _open_store(db)
     spool = (store.path.parent if store else default_db().parent) / "webhook-spool.jsonl"
     engine = _alerts(rules, thresholds, alert_log, webhook, spool)
-    monitor = Monitor(default_collectors(pid=pid, tegrastats_interval_ms=int(interval * 1000)), store=store,
-                      alerts=engine)
+    if url:
+        from edgepilot.monitor.remote import RemoteCollector
+
+        collectors = [RemoteCollector(url, token=token, timeout_s=timeout)]
+    else:
+        collectors = default_collectors(pid=pid, tegrastats_interval_ms=int(interval * 1000))
+    monitor = Monitor(collectors, store=store, alerts=engine)
     console = Console()
     start = time.time()
     n = 0
 
     def title() -> str:
-        return (f"edgepilot monitor — {time.time() - start:.0f} s, every {interval:g} s"
+        return (f"edgepilot monitor{' of ' + collectors[0].url if url else ''} — {time.time() - start:.0f} s, "
+                f"every {interval:g} s"
                 + (f", history in {store.path}" if store else ""))
     try:
         if as_json:
@@ -174,22 +196,29 @@ def export(
 
 
 @monitor_app.command("sources")
-def sources(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Every monitoring source: available or not, and why."""
+def sources(as_json: bool = typer.Option(False, "--json", help="Print JSON."), url: str = URL_OPTION,
+            token: str = TOKEN_OPTION, timeout: float = TIMEOUT_OPTION) -> None:
+    """Every monitoring source: available or not, and why (with --url: the server's, as its /metrics says)."""
     from rich.console import Console
     from rich.table import Table
 
     from edgepilot.monitor.sampler import Monitor
 
-    monitor = Monitor()
-    try:
-        statuses = monitor.statuses()
-    finally:
-        monitor.close()
+    if url:
+        from edgepilot.monitor.remote import RemoteReader, metrics_url, scrape
+
+        endpoint = metrics_url(url)
+        statuses = RemoteReader(endpoint).statuses(scrape(endpoint, token=token, timeout_s=timeout), "")
+    else:
+        monitor = Monitor()
+        try:
+            statuses = monitor.statuses()
+        finally:
+            monitor.close()
     if as_json:
         typer.echo(json.dumps([asdict(s) for s in statuses], indent=2, ensure_ascii=False))
         return
-    t = Table(title="monitoring sources")
+    t = Table(title=f"monitoring sources of {url}" if url else "monitoring sources")
     for col in ("source", "panels", "status", "what it reads, or why not"):
         t.add_column(col)
     for s in statuses:

@@ -82,6 +82,7 @@ def _rows(sample: Sample) -> list[tuple[str, str, str, str]]:
         if "process_cpu_percent" in proc:
             parts.append(f"CPU {proc['process_cpu_percent'].value:.1f} %")
         add("Process", f"pid {pid}", [proc["process_rss_bytes"]], ", ".join(parts))
+    served = _served_rows(left)  # taken out first: the generic Inference rows below would take them
     sections = (("GPU", ("gpu_",)), ("Temperature", ("temperature_",)),
                 ("Power", ("power_", "energy_", "voltage_", "current_", "battery_")), ("Inference", ("inference_",)))
     for section, prefixes in sections:
@@ -89,8 +90,59 @@ def _rows(sample: Sample) -> list[tuple[str, str, str, str]]:
             left.remove(r)
             label = ",".join(v for _, v in r.labels)
             add(section, f"{r.metric} {label}".strip(), [r], human(r.value, r.unit))
+    rows += served
     for r in left:
         add("Other", r.key, [r], human(r.value, r.unit))
+    return rows
+
+
+def _ms(r: Reading | None, approx: bool = False) -> str:
+    return "" if r is None else f"{'≈' if approx else ''}{r.value:.1f} ms"
+
+
+def _served_rows(left: list[Reading]) -> list[tuple[str, str, str, str]]:
+    """A remote server's per-model readings (monitor --url) as a few lines per model and version; takes them."""
+    mine = [r for r in left if r.metric.startswith("inference_") and ("model" in r.label_dict
+                                                                      or r.metric.startswith("inference_pipeline_"))]
+    for r in mine:
+        left.remove(r)
+    by: dict[tuple, dict[str, Reading]] = {}
+    for r in mine:
+        d = r.label_dict
+        group = (d["model"], d.get("version", "")) if "model" in d else ("", "")
+        by.setdefault(group, {})[r.metric + ("/" + d["what"] if "what" in d else "")] = r
+    rows = []
+    for (model, version), m in sorted(by.items()):
+        name = f"{model} v{version}" if version else model
+        if not model:  # the pipeline's statistics (edgepilot run with server:)
+            parts = [f"{m[k].value:.1f} fps" for k in ("inference_pipeline_fps",) if k in m]
+            parts += [f"queue {m[k].value:g}" for k in ("inference_pipeline_queue_depth",) if k in m]
+            for k in sorted(k for k in m if k.startswith("inference_pipeline_items_total/")):
+                what = k.split("/", 1)[1]
+                rate = m.get("inference_pipeline_items_per_s/" + what)
+                parts.append(f"{what} {m[k].value:g}" + (f" ({rate.value:.1f}/s)" if rate else ""))
+            first = next(iter(m.values()))
+            rows.append(("Inference", "pipeline", ", ".join(parts), first.source))
+            continue
+        if "inference_requests_total" in m:
+            rate = m.get("inference_requests_per_s")
+            rows.append(("Inference", f"{name} requests", f"{m['inference_requests_total'].value:g} total"
+                         + (f", {rate.value:.1f}/s" if rate else "")
+                         + f", {m['inference_request_errors_total'].value:g} errors",
+                         m["inference_requests_total"].source))
+        for tail, label in (("", "latency"), ("_since_start", "latency since start")):
+            mean = m.get("inference_latency_ms" + tail)
+            if mean is None:
+                continue
+            p50, p95 = m.get("inference_latency_p50_ms" + tail), m.get("inference_latency_p95_ms" + tail)
+            text = f"mean {_ms(mean)}" + "".join(f", {q} {_ms(r, approx=True)}" for q, r in (("p50", p50),
+                                                                                            ("p95", p95)) if r)
+            rows.append(("Inference", f"{name} {label}", text, (p95 or mean).source))
+        tail = "" if "inference_compute_ms" in m else "_since_start"
+        q, c, b = (m.get(k + tail) for k in ("inference_queue_ms", "inference_compute_ms", "inference_batch_size"))
+        if c is not None:
+            rows.append(("Inference", f"{name} queue / compute" + (" since start" if tail else ""),
+                         f"{_ms(q) or '-'} / {_ms(c)}" + (f", batch {b.value:.1f}" if b else ""), c.source))
     return rows
 
 

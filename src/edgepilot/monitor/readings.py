@@ -79,6 +79,10 @@ class Collector(ABC):
     def collect(self) -> list[Reading]:
         """The current readings; an empty list means no value yet (e.g. a rate needs two readings)."""
 
+    def extra_statuses(self) -> list[SourceStatus]:
+        """Sources this collector reports on behalf of another process (a remote server's own sources)."""
+        return []
+
     def close(self) -> None:  # noqa: B027 (optional hook: most collectors hold nothing)
         """Release files, subprocesses or libraries."""
 

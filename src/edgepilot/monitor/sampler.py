@@ -47,7 +47,7 @@ class Monitor:
         return s if s is not None and time.time() - s.ts <= max_age_s else self.sample()
 
     def statuses(self) -> list[SourceStatus]:
-        return [self._status[c.name] for c in self.collectors]
+        return [st for c in self.collectors for st in (self._status[c.name], *c.extra_statuses())]
 
     def sample(self) -> Sample:
         """Read every available collector once (and retry unavailable ones whose time has come)."""
