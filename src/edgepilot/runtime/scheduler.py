@@ -99,6 +99,16 @@ class ItemQueue:
             self.stats.set_queue_depth(len(self._items))
             self._cond.notify_all()
 
+    def offer(self, items: list[Item]) -> bool:
+        """All of `items` queued at once if there is room for them now; False (nothing queued) otherwise."""
+        with self._cond:
+            if self._closed or len(self._items) + len(items) > self._size:
+                return False
+            self._items.extend(items)
+            self.stats.set_queue_depth(len(self._items))
+            self._cond.notify_all()
+            return True
+
     def _drop_oldest_live(self) -> bool:
         for i, old in enumerate(self._items):
             if old.live:
@@ -164,6 +174,10 @@ class Scheduler:
 
     def submit(self, item: Item) -> None:
         self.queue.put(item)
+
+    def offer(self, items: list[Item]) -> bool:
+        """Queue every item now, without waiting; False when the queue has no room for all of them."""
+        return self.queue.offer(items)
 
     def close(self, timeout: float | None = None) -> None:
         """No more items: finish what is queued, then stop the workers."""

@@ -45,6 +45,9 @@ class ServedModelConfig(BaseModel):
     versions: Literal["latest", "all"] | list[int] = Field(
         "latest", description="which version folders to serve: the highest, all, or the listed numbers")
     reject_nonfinite: bool = Field(True, description="answer 400 to float inputs holding NaN or Inf")
+    spin_wait: bool | Literal["auto"] = Field("auto", description="idle model threads spin (onnxruntime); auto: "
+                                                                 "off when the instances' threads take every core, "
+                                                                 "which the server's event loop shares")
 
 
 @dataclass
@@ -202,7 +205,8 @@ class Repository:
                 opened[number] = ServedVersion(
                     folder.name, number, model, engine=cfg.engine, threads=cfg.threads, instances=cfg.instances,
                     max_batch=cfg.max_batch, max_delay_ms=cfg.max_delay_ms, max_queue=cfg.max_queue,
-                    warmup=cfg.warmup, reject_nonfinite=cfg.reject_nonfinite, metrics=self.metrics)
+                    warmup=cfg.warmup, reject_nonfinite=cfg.reject_nonfinite, spin_wait=cfg.spin_wait,
+                    metrics=self.metrics)
         except Exception as e:
             for v in opened.values():
                 v.retire()

@@ -79,7 +79,7 @@ class ServedVersion:
 
     def __init__(self, name: str, version: int, model: Model, *, engine: str | None, threads: int | None,
                  instances: int, max_batch: int, max_delay_ms: float, max_queue: int, warmup: int,
-                 reject_nonfinite: bool, metrics=None) -> None:
+                 reject_nonfinite: bool, spin_wait: bool | str = "auto", metrics=None) -> None:
         self.name, self.version, self.model = name, version, model
         unbatched = [s.name for s in model.inputs if not s.shape]
         if unbatched:
@@ -93,11 +93,13 @@ class ServedVersion:
         self._inflight = 0
         self._retired = False
         threads = threads or max(1, default_threads() // instances)
+        if spin_wait == "auto":  # spinning threads on every core starve the event loop that parses requests
+            spin_wait = False if instances * threads >= default_threads() else None
         self.engine = engine_for(model, engine).name
         self.sessions: list[Session] = []
         try:
             for _ in range(instances):
-                self.sessions.append(open_session(model, self.engine, threads=threads))
+                self.sessions.append(open_session(model, self.engine, threads=threads, spin_wait=spin_wait))
             for s in self.sessions:
                 self._warm_up(s, warmup)
         except Exception:
@@ -145,7 +147,8 @@ class ServedVersion:
         items = [Item(source=self.name, seq=i, ts=time.time(), tensor={k: v[i] for k, v in feeds.items()},
                       meta={"request": req}) for i in range(n)]
         try:
-            await asyncio.to_thread(self._submit, items)  # a full queue blocks a thread, not the event loop
+            if not self.scheduler.offer(items):  # a full queue blocks a thread, not the event loop
+                await asyncio.to_thread(self._submit, items)
             outputs = await asyncio.wait_for(asyncio.wrap_future(req.future), timeout_s)
         except asyncio.TimeoutError:
             raise UnavailableError(f"{self.name} v{self.version}: no result within {timeout_s:g} s",

@@ -27,7 +27,10 @@ install -d -m 0750 -o "$SERVICE_USER" -g "$SERVICE_USER" "$STATE" "$STATE/agent"
 
 python3 -m venv {{venv_flags}} "$PREFIX/venv"
 "$PREFIX/venv/bin/pip" install --quiet --upgrade pip
-"$PREFIX/venv/bin/pip" install --quiet "${SPEC}[{{extras}}]"
+"$PREFIX/venv/bin/pip" install --quiet --no-compile "${SPEC}[{{extras}}]"
+# bytecode for what runs (the service user cannot write it into the venv), not for the packages' own test suites
+"$PREFIX/venv/bin/python" -m compileall -q -j 0 -x '/tests?/' "$PREFIX/venv/lib" >/dev/null \
+    || echo "install.sh: some modules were not byte-compiled (they compile at each start)" >&2
 
 if [ ! -f "$CONF/update.pub" ]; then
     echo "install.sh: copy your bundle signing key (edgepilot keygen's KEY.pub) to $CONF/update.pub" >&2
