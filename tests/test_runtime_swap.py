@@ -163,6 +163,7 @@ def test_switching_the_link_swaps_the_model_without_a_failed_request_and_a_misfi
     try:
         _wait(lambda: client.latest() == _answer(v1), "v1's answers", run)
         _switch(link, tmp_path / "v2")
+        run.send_signal(signal.SIGHUP)  # as `systemctl reload` does: look now (and the runtime lives on)
         _wait(lambda: client.latest() == _answer(v2), "v2's answers", run)
         h = probation.read_health(health)
         assert h["swaps"] == 1 and h["starts"] == 1 and h["crashes"] == 0 and h["pid"] == run.pid
@@ -226,6 +227,18 @@ def test_the_runtime_follows_an_agent_commit_and_rollback_in_place(tmp_path):
         h = _wait(lambda: (h := probation.read_health(state / "health")) and h["version"] == 1 and h,
                   "v1's health", run)
         assert h["slot"] == "a" and h["pid"] == run.pid and h["swaps"] == 2 and h["crashes"] == 0
+        # v3 passes its golden samples (made by itself) but takes 4 features: the runtime refuses it, keeps v1,
+        # and the probation rolls v3 back on that report
+        misfit = linear_onnx(tmp_path / "v3.onnx")
+        assert agent.install(make_bundle(tmp_path, priv, 3, model=misfit, pipeline=pipeline)).state == "COMMITTED"
+        _wait(lambda: ((probation.read_health(state / "health") or {}).get("swap_error") or {}).get("version") == 3,
+              "v3's refusal", run)
+        out = agent.check_probation()
+        assert out is not None and out.state == "ROLLED_BACK" and out.version == 1, out
+        assert "refused to swap in v3" in out.reason and "does not fit this pipeline" in out.reason
+        n = len(client.answers)
+        _wait(lambda: len(client.answers) > n + 20, "more answers", run)
+        assert client.latest() == _answer(v1)
     finally:
         client.stop()
         done.set()
@@ -257,4 +270,4 @@ def test_a_new_slot_whose_pipeline_changed_beyond_the_model_restarts_the_runtime
     assert "differs from the running pipeline beyond model.path (postprocess)" in err, err
     h = probation.read_health(state / "health")
     assert not h["running"] and h["version"] == 1  # a clean end: the restart on v2 is no crash
-    assert h["swap_error"]["reason"].endswith("restarting to apply it")
+    assert h["restarting"]["reason"].endswith("restarting to apply it") and h["swap_error"] is None

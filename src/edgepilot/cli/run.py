@@ -34,6 +34,8 @@ def register(app: typer.Typer) -> None:
         from edgepilot.runtime.pipeline import Pipeline, load_pipeline_config
         from edgepilot.shapes import parse_shapes
 
+        if hasattr(signal, "SIGHUP"):  # a reload while starting would otherwise end the process (a "clean" signal)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the model watch notices a change made meanwhile anyway
         cfg = load_pipeline_config(config)
         shapes = parse_shapes(shape)
         if shapes:

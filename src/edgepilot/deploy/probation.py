@@ -106,9 +106,15 @@ class RuntimeHealth:
         another slot's model starts that model's report afresh (starts 0: it was never started, only swapped in)."""
         with self._lock:
             d = self.data
-            if not event.get("ok"):
+            if event.get("restart"):  # the new slot's pipeline needs a restart: the next start reports it
+                d["restarting"] = {k: event.get(k) for k in ("model", "reason", "at")}
+                self._write()
+                return
+            if not event.get("ok"):  # the slot and version refused, so the probation of that version sees it
                 d["swap_failures"] += 1
-                d["swap_error"] = {k: event.get(k) for k in ("model", "reason", "at")}
+                who = _identity(Path(event["pipeline_dir"])) if event.get("pipeline_dir") else {}
+                d["swap_error"] = {"slot": who.get("slot"), "version": who.get("version"),
+                                   **{k: event.get(k) for k in ("model", "reason", "at")}}
                 self._write()
                 return
             who = _identity(Path(event["pipeline_dir"])) if event.get("pipeline_dir") else None
@@ -197,6 +203,10 @@ def judge(p: Probation, health: dict | None, now: float | None = None) -> tuple[
     t = p.thresholds
     mine = health is not None and health.get("slot") == p.slot and health.get("version") == p.version
     observed: dict = {"elapsed_s": round(now - p.started, 1), "reported": mine}
+    refused = (health or {}).get("swap_error") or {}
+    if not mine and refused.get("slot") == p.slot and refused.get("version") == p.version:
+        observed["refused"] = refused.get("reason")  # the running runtime kept the previous model
+        return "breach", f"the runtime refused to swap in v{p.version}: {refused.get('reason')}", observed
     if mine:
         observed |= {k: health.get(k) for k in ("starts", "inferred", "error_rate", "p95_infer_ms",
                                                 "confidence_mean", "confidence_n")}

@@ -94,25 +94,29 @@ class ModelWatch:
             return None
         self._key = key
         p = self.pipeline
+        where = {"pipeline_dir": str(Path(key[0]).parent)} if self.config_path else {}  # the slot, for the health
         if key[1] is None:
-            return _report(p, _event(p, False, key[0], f"{key[0]}: no such file (the old model keeps serving)"))
+            return _report(p, _event(p, False, key[0], f"{key[0]}: no such file (the old model keeps serving)",
+                                     **where))
         if self.config_path is None:
             return swap_model(p, p.cfg.model)
         try:
             new = self._reload(self.config_path)  # paths resolved in the new slot
             as_running = self._reload(self.config_path, base=self._base)  # the same file, resolved as the running
         except EdgepilotError as e:
-            return _report(p, _event(p, False, key[0], f"the new pipeline file: {e}"))
+            return _report(p, _event(p, False, key[0], f"the new pipeline file: {e}", **where))
         differs = _differences(p.cfg.model_copy(update={"model": self._model0}), as_running)
         if differs:
             reason = (f"{key[0]} differs from the running pipeline beyond model.path ({', '.join(differs)}): "
                       f"restarting to apply it")
-            _report(p, _event(p, False, key[0], reason, restart=True))
+            _report(p, _event(p, False, key[0], reason, restart=True, **where))
             p.request_restart(reason)
             return {"ok": False, "reason": reason, "restart": True}
+        if link_target(new.model.path) == link_target(p.cfg.model.path):
+            log.info("%s points to the model already running: nothing to swap", self.watched)
+            return None  # e.g. back to the slot whose model was refused
         # the new slot's model section (its paths in that slot), with the shapes the running one was given
-        return swap_model(p, new.model.model_copy(update={"input_shapes": p.cfg.model.input_shapes}),
-                          pipeline_dir=str(Path(key[0]).parent))
+        return swap_model(p, new.model.model_copy(update={"input_shapes": p.cfg.model.input_shapes}), **where)
 
 
 def _differences(running, new) -> list[str]:
@@ -175,7 +179,7 @@ def swap_model(p, model_cfg: ModelConfig, pipeline_dir: str | None = None) -> di
         for s in sessions:
             s.close()
         why = str(e) if isinstance(e, EdgepilotError) else f"{type(e).__name__}: {e}"
-        return _report(p, _event(p, False, model_cfg.path, why))
+        return _report(p, _event(p, False, model_cfg.path, why, pipeline_dir=pipeline_dir))
     if p.stopping():
         for s in sessions:
             s.close()
@@ -203,7 +207,7 @@ def _event(p, ok: bool, path, reason: str, **extra) -> dict:
 def _report(p, event: dict) -> dict:
     if event["ok"]:
         log.warning("pipeline %s: %s", p.cfg.name, event["reason"])
-    else:
+    elif not event.get("restart"):
         p.stats.count("model_swap_failures")
         log.error("pipeline %s: model not swapped: %s", p.cfg.name, event["reason"])
     p.last_swap = event
