@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from edgepilot.errors import EdgepilotError, ModelError
+from edgepilot.errors import ConfigError, EdgepilotError, ModelError
 from edgepilot.model import Model, TensorSpec
 from edgepilot.runtime.loader import ModelConfig, load_model, open_sessions
 
@@ -154,11 +154,15 @@ def serve_model(p, model: Model, version: int):
     from edgepilot.serve.repository import ServedModelConfig
     from edgepilot.serve.served import ServedVersion
 
+    repo = p.server.app.state.repo
+    if version == 1 and p.cfg.name in repo.names():
+        raise ConfigError(f"server.models has a model named {p.cfg.name!r}, the name the pipeline's model is served as",
+                          hint="rename the pipeline (name:) or that model folder")
     d = ServedModelConfig()
     return ServedVersion(p.cfg.name, version, model, engine=p.cfg.model.engine, threads=p.plan.model_threads,
                          instances=1, max_batch=d.max_batch, max_delay_ms=d.max_delay_ms, max_queue=d.max_queue,
                          warmup=p.cfg.model.warmup, reject_nonfinite=d.reject_nonfinite,
-                         metrics=p.server.app.state.repo.metrics)
+                         metrics=repo.metrics)
 
 
 def swap_model(p, model_cfg: ModelConfig, pipeline_dir: str | None = None) -> dict:
