@@ -179,6 +179,8 @@ def test_switching_the_link_swaps_the_model_without_a_failed_request_and_a_misfi
         assert "edgepilot_pipeline_model_swap_failures_total 1.0" in metrics
         _switch(link, tmp_path / "v1")  # a fitting model after the misfit: swapped again
         _wait(lambda: client.latest() == _answer(v1), "v1's answers again", run)
+        # the report follows the model swapped in: its counters start at the swap, then count the sensor's rows
+        _wait(lambda: probation.read_health(health)["inferred"] > 0, "v1's inferences since the swap", run)
     finally:
         client.stop()
         done.set()
