@@ -1,7 +1,8 @@
 """The edge runtime: sources → quality → preprocess → scheduler/inference → postprocess → rules → sinks.
 
-Threads: one per source (read, check and preprocess: the "decode" threads), the scheduler's inference workers, and
-one output thread that post-processes, applies the rules and feeds the sinks, in order.
+Threads: one per source (read, check and preprocess: the "decode" threads), the scheduler's inference workers,
+one output thread that post-processes, applies the rules and feeds the sinks, in order, and, when the model was
+opened through a link, the model watch that swaps a changed model in place (model_watch.py).
 """
 from __future__ import annotations
 
