@@ -55,6 +55,14 @@ def test_units_pass_systemd_analyze_verify(artifacts):
         assert "Type=notify" in text and "WatchdogSec=" in text and "Restart=" in text
 
 
+def test_a_commit_reloads_the_runtime_which_swaps_in_place_instead_of_restarting(artifacts):
+    _, out = artifacts
+    runtime, update = (out / "edgepilot-runtime.service").read_text(), (out / "edgepilot-update.service").read_text()
+    assert "ExecReload=/bin/kill -HUP $MAINPID" in runtime  # SIGHUP: `edgepilot run` swaps the model now
+    assert "ExecStart=/bin/systemctl reload-or-restart edgepilot-runtime.service" in update
+    assert "systemctl restart" not in update
+
+
 def test_device_side_installs_no_tensorflow_or_torch(artifacts):
     platform, out = artifacts
     for name in ("install.sh", "Dockerfile"):

@@ -166,7 +166,8 @@ def test_a_confidence_shift_in_probation_rolls_back_while_the_server_answers(kit
     # v2: the same classes ranked first (its golden samples pass), but far less sure of them
     v2 = classifier(tmp / "v2.onnx", seed=1, scale=0.05)
     assert agent.install(make_bundle(tmp, kit["priv"], 2, model=v2, pipeline=live)).state == "COMMITTED"
-    assert agent.check_probation() is None  # the health file still describes v1: nothing to judge yet
+    # the running runtime swaps to v2 in place within a second, but has not reported 100 results of it yet
+    assert agent.check_probation() is None
     stop(run)
     run = serve_until_reported(2)
     out = agent.check_probation()
@@ -200,6 +201,9 @@ def _h(**kw) -> dict:
     (_h(confidence_mean=0.5), "breach", "confidence moved"),
     (_h(crashes=2, running=True, pid=2**22 + 7), "breach", "crashed 3"),  # a pid no process has: died
     (_h(slot="a", version=1), "watching", ""),  # the old runtime still runs: nothing to judge
+    # the runtime kept the old model, refusing to swap in the one on probation (runtime/model_watch.py)
+    (_h(slot="a", version=1, swap_error={"slot": "b", "version": 2, "reason": "it takes x"}), "breach", "refused"),
+    (_h(slot="a", version=1, swap_error={"slot": "b", "version": 1, "reason": "older"}), "watching", ""),
     (None, "watching", ""),
 ])
 def test_judge_inside_the_window(health, verdict, words):

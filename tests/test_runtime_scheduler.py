@@ -131,3 +131,36 @@ def test_an_item_that_cannot_run_does_not_hold_back_its_batch(cnn):
     assert [it.seq for it in out] == list(range(6))
     assert [it.outputs is not None for it in out] == [True, True, False, True, False, True]
     assert out[4].error == "not preprocessed" and stats.counters["inferred"] == 4
+
+
+def test_a_swap_moves_the_batches_taken_after_it_to_the_new_sessions_and_closes_the_old_ones(tmp_path):
+    from deploy_helpers import FEATURES, classifier
+
+    old_model, new_model = (Model.load(classifier(tmp_path / f"{n}.onnx", seed=s)) for n, s in (("a", 1), ("b", 2)))
+    stats, out = PipelineStats(), []
+    sched = Scheduler([open_session(old_model, "onnxruntime", threads=1) for _ in range(2)],
+                      SchedulerConfig(max_batch=4, queue_size=8), stats, out.append)
+    sched.start()
+    rng = np.random.default_rng(5)
+    work = [Item("s", i, time.time(), tensor=rng.standard_normal(FEATURES).astype(np.float32)) for i in range(200)]
+    for it in work[:100]:
+        sched.submit(it)  # file items: they wait for room, so most of them are taken before the swap
+    with pytest.raises(ValueError, match="1 session"):
+        sched.swap([open_session(new_model, "onnxruntime", threads=1)])
+    closed = sched.swap([open_session(new_model, "onnxruntime", threads=1) for _ in range(2)])
+    for it in work[100:]:
+        sched.submit(it)
+    sched.close(timeout=30)
+    assert closed.wait(30)  # the old sessions were closed once their last batch ended
+    assert [it.seq for it in out] == list(range(200)) and stats.counters["inferred"] == 200
+
+    def on(model):
+        with open_session(model, "onnxruntime", threads=1) as s:
+            return [s.run({"input": it.tensor[None]})["output"][0] for it in work]
+
+    ref = {"old": on(old_model), "new": on(new_model)}
+    ran = [next(k for k, r in ref.items() if np.allclose(it.outputs["output"], r[it.seq], atol=1e-5)) for it in out]
+    assert ran == sorted(ran, key=["old", "new"].index)  # one switch, between batches, never back
+    assert ran.count("old") >= 50 and set(ran[100:]) == {"new"}
+    for s in sched.sessions:
+        s.close()

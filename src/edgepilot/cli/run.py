@@ -34,6 +34,8 @@ def register(app: typer.Typer) -> None:
         from edgepilot.runtime.pipeline import Pipeline, load_pipeline_config
         from edgepilot.shapes import parse_shapes
 
+        if hasattr(signal, "SIGHUP"):  # a reload while starting would otherwise end the process (a "clean" signal)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the model watch notices a change made meanwhile anyway
         cfg = load_pipeline_config(config)
         shapes = parse_shapes(shape)
         if shapes:
@@ -50,6 +52,8 @@ def register(app: typer.Typer) -> None:
         pipeline = Pipeline(cfg)
         for sig in (signal.SIGINT, signal.SIGTERM):  # finish what is in flight, flush sinks, then exit
             signal.signal(sig, lambda *_: pipeline.stop())
+        if hasattr(signal, "SIGHUP"):  # systemctl reload: swap in a changed model now (model_watch.py)
+            signal.signal(signal.SIGHUP, lambda *_: pipeline.reload())
         from edgepilot.deploy.notify import notify
 
         def on_stats(s: dict) -> None:
@@ -58,12 +62,19 @@ def register(app: typer.Typer) -> None:
                 health.update(s)
             notify("WATCHDOG=1")  # systemd's watchdog is fed by the pipeline's own loop, not by a side thread
 
+        def on_swap(event: dict) -> None:  # a model swapped in place is no start: the report follows the model
+            if health is not None:
+                health.swapped(event, pipeline.snapshot())
+
         notify("READY=1")
         summary = pipeline.run(duration=duration, max_items=max_items, stats_interval_s=stats_interval,
-                               on_stats=on_stats)
+                               on_stats=on_stats, on_swap=on_swap)
         sys.stderr.write(stats_line(summary) + "\n")
         if health is not None:
             health.stop(summary)  # a clean end: the next start is not a crash
+        if pipeline.restart_reason:  # Restart=on-failure starts it again, on the new pipeline
+            sys.stderr.write(f"restart: {pipeline.restart_reason}\n")
+            raise typer.Exit(75)
         if as_json:
             typer.echo(json.dumps(summary, indent=2, default=str))
         for problem in summary["problems"]:

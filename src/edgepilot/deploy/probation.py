@@ -6,15 +6,18 @@
     STATE/probation.json        written by the agent: the model on probation, the baseline (the previous model's
                                 last health), the thresholds, and the decision once taken
 
-The probation lives outside state.json on purpose: the runtime is restarted whenever state.json changes
-(edgepilot-update.path), and a probation that passes must not restart it. A crash is a start of the runtime whose
-previous run on the same model never ended cleanly (killed, or exited with an error).
+The probation lives outside state.json on purpose: edgepilot-update.path reloads the runtime whenever state.json
+changes, and a probation that passes must not touch it. The runtime swaps a committed or rolled-back model in place
+(runtime/model_watch.py): the report then describes the new model from the swap on, and a swap is neither a start
+nor a crash. A crash is a start of the runtime whose previous run on the same model never ended cleanly (killed,
+or exited with an error).
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -84,22 +87,45 @@ class RuntimeHealth:
     def __init__(self, folder: Path, pipeline_yaml: Path) -> None:
         folder = Path(folder)
         self.path, self._failed = folder / HEALTH_FILE, False
-        where = Path(pipeline_yaml).resolve().parent  # through the agent's `current` link: the slot itself
-        version = None
-        try:
-            version = json.loads((where / "manifest.json").read_text()).get("version")
-        except (OSError, ValueError, AttributeError):
-            pass
+        self._lock = threading.Lock()  # the stats tick and a model swap write from two threads
+        self._counted = (0, 0)  # inferred, errors at the swap to the model reported (the counters run on)
+        who = _identity(Path(pipeline_yaml).resolve().parent)  # through the agent's `current` link: the slot
         old = read_health(folder) or {}
-        same = old.get("pipeline") == str(where) and old.get("version") == version
+        same = old.get("pipeline") == who["pipeline"] and old.get("version") == who["version"]
         unclean = same and old.get("running") and not _alive(old.get("pid"))
-        self.data = {"pipeline": str(where), "slot": where.name if where.parent.name == "slots" else None,
-                     "version": version, "pid": os.getpid(), "running": True,
+        self.data = {**who, "pid": os.getpid(), "running": True,
                      "starts": old.get("starts", 0) + 1 if same else 1,
                      "crashes": old.get("crashes", 0) + (1 if unclean else 0) if same else 0,
                      "started_at": time.time(), "updated_at": time.time(), "inferred": 0, "errors": 0,
-                     "error_rate": 0.0, "p95_infer_ms": None, "confidence_mean": None, "confidence_n": 0}
+                     "error_rate": 0.0, "p95_infer_ms": None, "confidence_mean": None, "confidence_n": 0,
+                     "swaps": 0, "swap_failures": 0, "last_swap": None, "swap_error": None}
         self._write()
+
+    def swapped(self, event: dict, snapshot: dict) -> None:
+        """A model swapped in place (`event` ok), or a changed one refused: neither a start nor a crash. A swap to
+        another slot's model starts that model's report afresh (starts 0: it was never started, only swapped in)."""
+        with self._lock:
+            d = self.data
+            if event.get("restart"):  # the new slot's pipeline needs a restart: the next start reports it
+                d["restarting"] = {k: event.get(k) for k in ("model", "reason", "at")}
+                self._write()
+                return
+            if not event.get("ok"):  # the slot and version refused, so the probation of that version sees it
+                d["swap_failures"] += 1
+                who = _identity(Path(event["pipeline_dir"])) if event.get("pipeline_dir") else {}
+                d["swap_error"] = {"slot": who.get("slot"), "version": who.get("version"),
+                                   **{k: event.get(k) for k in ("model", "reason", "at")}}
+                self._write()
+                return
+            who = _identity(Path(event["pipeline_dir"])) if event.get("pipeline_dir") else None
+            if who is not None and (who["pipeline"], who["version"]) != (d["pipeline"], d["version"]):
+                d.update(who, starts=0, crashes=0, started_at=time.time())
+            c = snapshot.get("counters", {})
+            self._counted = (int(c.get("inferred", 0)), int(c.get("errors", 0)))
+            d["swaps"] += 1
+            d["last_swap"] = {k: event.get(k) for k in ("model", "previous", "reason", "at")}
+            d["swap_error"] = None
+        self.update(snapshot)
 
     def _write(self) -> None:
         """A health report that cannot be written never stops the runtime (the agent then sees none)."""
@@ -113,20 +139,32 @@ class RuntimeHealth:
 
     def update(self, snapshot: dict) -> None:
         c = snapshot.get("counters", {})
-        inferred = int(c.get("inferred", 0))
-        errors = int(c.get("errors", 0))
-        conf = snapshot.get("confidence") or {}
-        self.data.update(updated_at=time.time(), inferred=inferred, errors=errors,
-                         error_rate=round(errors / max(1, inferred + errors), 6),
-                         p95_infer_ms=(snapshot.get("stages_ms", {}).get("infer") or {}).get("p95"),
-                         confidence_mean=conf.get("mean"), confidence_n=conf.get("n", 0))
-        self._write()
+        with self._lock:
+            inferred = max(0, int(c.get("inferred", 0)) - self._counted[0])  # since the model reported came in
+            errors = max(0, int(c.get("errors", 0)) - self._counted[1])
+            conf = snapshot.get("confidence") or {}
+            self.data.update(updated_at=time.time(), inferred=inferred, errors=errors,
+                             error_rate=round(errors / max(1, inferred + errors), 6),
+                             p95_infer_ms=(snapshot.get("stages_ms", {}).get("infer") or {}).get("p95"),
+                             confidence_mean=conf.get("mean"), confidence_n=conf.get("n", 0))
+            self._write()
 
     def stop(self, snapshot: dict | None = None) -> None:
         if snapshot is not None:
             self.update(snapshot)
-        self.data["running"] = False
-        self._write()
+        with self._lock:
+            self.data["running"] = False
+            self._write()
+
+
+def _identity(where: Path) -> dict:
+    """Which model a pipeline folder holds: the folder, its slot (under the agent's slots/) and manifest version."""
+    version = None
+    try:
+        version = json.loads((where / "manifest.json").read_text()).get("version")
+    except (OSError, ValueError, AttributeError):
+        pass
+    return {"pipeline": str(where), "slot": where.name if where.parent.name == "slots" else None, "version": version}
 
 
 # -- the agent's side ---------------------------------------------------------------------------------------------
@@ -165,6 +203,10 @@ def judge(p: Probation, health: dict | None, now: float | None = None) -> tuple[
     t = p.thresholds
     mine = health is not None and health.get("slot") == p.slot and health.get("version") == p.version
     observed: dict = {"elapsed_s": round(now - p.started, 1), "reported": mine}
+    refused = (health or {}).get("swap_error") or {}
+    if not mine and refused.get("slot") == p.slot and refused.get("version") == p.version:
+        observed["refused"] = refused.get("reason")  # the running runtime kept the previous model
+        return "breach", f"the runtime refused to swap in v{p.version}: {refused.get('reason')}", observed
     if mine:
         observed |= {k: health.get(k) for k in ("starts", "inferred", "error_rate", "p95_infer_ms",
                                                 "confidence_mean", "confidence_n")}

@@ -31,6 +31,8 @@ class ModelConfig(BaseModel):
     precision: Precision | None = Field(None, description="fp32 (default), fp16 or bf16 on engines that choose "
                                                           "their arithmetic (OpenVINO, ncnn, MNN)")
     warmup: int = Field(3, ge=0, description="inferences run on each session before the first item")
+    watch: bool = Field(True, description="when the model (or the pipeline file) was opened through a link, swap "
+                                          "in the model it points to whenever that changes, without a restart")
     cache_dir: str | None = Field("cache", description="compiled-model cache (OpenVINO, TensorRT); null: none")
     input_shapes: dict[str, list[PositiveInt]] | None = Field(
         None, description="concrete shapes of dynamic inputs, e.g. {images: [1, 3, 640, 640]}; they set the "

@@ -1,7 +1,8 @@
 """The edge runtime: sources → quality → preprocess → scheduler/inference → postprocess → rules → sinks.
 
-Threads: one per source (read, check and preprocess: the "decode" threads), the scheduler's inference workers, and
-one output thread that post-processes, applies the rules and feeds the sinks, in order.
+Threads: one per source (read, check and preprocess: the "decode" threads), the scheduler's inference workers,
+one output thread that post-processes, applies the rules and feeds the sinks, in order, and, when the model was
+opened through a link, the model watch that swaps a changed model in place (model_watch.py).
 """
 from __future__ import annotations
 
@@ -11,99 +12,26 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-from edgepilot.config import load_yaml
 from edgepilot.errors import ConfigError, EdgepilotError
-from edgepilot.model import TensorSpec
-from edgepilot.runtime.decoders import PostprocessConfig, build_postprocessor
+from edgepilot.runtime.decoders import build_postprocessor
 from edgepilot.runtime.item import Item
-from edgepilot.runtime.loader import ModelConfig, load_model, open_sessions
-from edgepilot.runtime.logs import LogConfig, add_json_log
+from edgepilot.runtime.loader import load_model, open_sessions
+from edgepilot.runtime.logs import add_json_log
+from edgepilot.runtime.model_watch import ModelWatch, serve_model
+from edgepilot.runtime.pipeline_config import PipelineConfig, ServerConfig, load_pipeline_config
 from edgepilot.runtime.positions import Positions
-from edgepilot.runtime.preprocess import PreprocessConfig, Preprocessor
-from edgepilot.runtime.quality import QualityChecker, QualityConfig
-from edgepilot.runtime.rules import RuleConfig, RuleEngine
-from edgepilot.runtime.scheduler import Scheduler, SchedulerConfig, plan_threads
-from edgepilot.runtime.sinks import SinkConfig, WebhookSink, WebhookSinkConfig, open_sink
-from edgepilot.runtime.sources import SourceConfig, open_source
+from edgepilot.runtime.preprocess import Preprocessor
+from edgepilot.runtime.quality import QualityChecker
+from edgepilot.runtime.rules import RuleEngine
+from edgepilot.runtime.scheduler import Scheduler, plan_threads
+from edgepilot.runtime.sinks import WebhookSink, WebhookSinkConfig, open_sink
+from edgepilot.runtime.sources import open_source
 from edgepilot.runtime.sources.decoder_process import Stages
 from edgepilot.runtime.stats import PipelineStats
 
 log = logging.getLogger(__name__)
-_PATH_FIELDS = {"path", "dir", "file", "outbox", "labels_file", "cache_dir", "ca_file", "models"}
-
-
-class ServerConfig(BaseModel):
-    """`server:` in the pipeline YAML: serve the stream of results and events (WebSocket /stream), /metrics, and
-    optionally a model repository, while the pipeline runs."""
-
-    model_config = ConfigDict(extra="forbid")
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
-    models: str | None = Field(None, description="a model repository to serve too (as `edgepilot serve`)")
-
-
-class PipelineConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field("pipeline", pattern=r"^[A-Za-z0-9_.-]+$", description="used in MQTT topics and logs")
-    model: ModelConfig
-    sources: list[SourceConfig] = Field(min_length=1)
-    quality: QualityConfig = QualityConfig()
-    preprocess: PreprocessConfig = PreprocessConfig()
-    postprocess: PostprocessConfig = PostprocessConfig(type="classification")
-    scheduler: SchedulerConfig = SchedulerConfig()
-    rules: list[RuleConfig] = []
-    sinks: list[SinkConfig] = Field(default_factory=lambda: [{"type": "stdout"}])
-    logging: LogConfig | None = None
-    workdir: str = Field(".edgepilot", description="state kept between runs (webhook spools)")
-    server: ServerConfig | None = None
-
-    @model_validator(mode="after")
-    def _mqtt_actions_have_a_broker(self) -> PipelineConfig:
-        # an {mqtt: topic} action publishes through the pipeline's MQTT sink: without one it would go nowhere
-        if any(a.kind == "mqtt" for r in self.rules for a in r.actions) and not any(
-                s.type == "mqtt" for s in self.sinks):
-            raise ValueError("a rule action publishes to an MQTT topic, but no sink is of type mqtt "
-                             "(add one: it names the broker and the outbox)")
-        return self
-
-
-def load_pipeline_config(path: str | Path) -> PipelineConfig:
-    """Validated config with every relative path made relative to the YAML file's folder."""
-    path = Path(path)
-    cfg = load_yaml(path, PipelineConfig)
-    _resolve_paths(cfg, path.resolve().parent)
-    return cfg
-
-
-def _resolve_paths(node: Any, base: Path) -> None:
-    if isinstance(node, BaseModel):
-        for name in type(node).model_fields:
-            value = getattr(node, name)
-            if name in _PATH_FIELDS | {"workdir"} and isinstance(value, str) and "://" not in value \
-                    and not Path(value).is_absolute():
-                object.__setattr__(node, name, str(base / value))
-            else:
-                _resolve_paths(value, base)
-    elif isinstance(node, list):
-        for v in node:
-            _resolve_paths(v, base)
-
-
-def _fed_shape(pre: Preprocessor, spec: TensorSpec) -> tuple[int, ...]:
-    """What the scheduler feeds one item as (batch 1, or the model's fixed batch): the warm-up runs at that size."""
-    if pre.vector:
-        fed = (1, len(pre.cfg.fields or ()))
-    else:
-        c, h, w = pre.channels, pre.height, pre.width
-        fed = (1, h, w, c) if pre.layout == "nhwc" else (1, c, h, w)
-    if spec.shape is None or len(spec.shape) != len(fed):
-        return fed
-    return tuple(d if isinstance(d, int) and d >= 0 else f for d, f in zip(spec.shape, fed))
+__all__ = ["Pipeline", "PipelineConfig", "ServerConfig", "load_pipeline_config"]  # the config moved; imported here too
 
 
 def _top1(item: Item) -> float | None:
@@ -131,6 +59,10 @@ class Pipeline:
         self._submitted = 0
         self._submit_lock = threading.Lock()
         self._source_failures: dict[str, str] = {}  # source id -> why it stopped before its end
+        self.on_swap = None  # called with each model swap (or refusal) the watch reports
+        self.last_swap: dict | None = None
+        self.restart_reason: str | None = None  # set when a change can only be applied by a restart
+        self.served_version: int | None = None  # the server's version of the pipeline's model, when it serves it
         try:
             self._build(check_only)
         except BaseException:
@@ -150,6 +82,7 @@ class Pipeline:
     def _build(self, check_only: bool) -> None:
         cfg = self.cfg
         self.sources, self.sinks = [], []
+        self.watch = ModelWatch(cfg, load_pipeline_config) if cfg.model.watch and not check_only else None
         self.model = load_model(cfg.model)
         self.plan = plan_threads(cfg.scheduler, decode_threads=len(cfg.sources))
         for note in self.plan.notes:
@@ -182,10 +115,13 @@ class Pipeline:
             self._open_sinks()
         spec = self.model.inputs[0]
         self.sessions, self.load_s, probe = open_sessions(self.model, cfg.model, workers, self.plan.model_threads,
-                                                          {spec.name: _fed_shape(self.preprocess, spec)},
+                                                          {spec.name: self.preprocess.fed_shape()},
                                                           spin_wait=self.plan.spin_wait)
         self.postprocess.check({k: v[0] for k, v in probe.items()})  # a wrong decoder would publish garbage
         self.scheduler = Scheduler(self.sessions, cfg.scheduler, self.stats, emit=self._out.put)
+        if self.server is not None and cfg.server.serve_model:
+            self.server.app.state.repo.put(cfg.name, serve_model(self, self.model, 1))
+            self.served_version = 1
         log.info("pipeline %s: %s on %s, %s (scheduler: in the YAML), %d source(s), loaded in %.2f s", cfg.name,
                  Path(cfg.model.path).name, self.sessions[0].__class__.__name__, self.plan.describe(),
                  len(self.sources), self.load_s)
@@ -207,8 +143,10 @@ class Pipeline:
 
     # -- running ---------------------------------------------------------------------------------------------
     def run(self, *, duration: float | None = None, max_items: int | None = None,
-            on_stats=None, stats_interval_s: float = 5.0) -> dict:
-        """Runs until every source ends, `duration` passes, `max_items` were taken, or stop(); returns a summary."""
+            on_stats=None, stats_interval_s: float = 5.0, on_swap=None) -> dict:
+        """Runs until every source ends, `duration` passes, `max_items` were taken, or stop(); returns a summary.
+        `on_swap` gets each model swapped in place (or refused) while it runs."""
+        self.on_swap = on_swap or self.on_swap
         self._max_items = max_items
         self.stats.started = time.monotonic()  # fps counts from the first item, not from the model load
         # A worker whose native call (inference, decode) returns waits for the GIL up to the switch interval while
@@ -217,6 +155,8 @@ class Pipeline:
         self.scheduler.start()
         if self.server is not None:
             self.server.start()
+        if self.watch is not None:
+            self.watch.start(self)
         out = threading.Thread(target=self._output, name="output", daemon=True)
         out.start()
         readers = [threading.Thread(target=self._read, args=(s,), name=f"source-{s.id}", daemon=True)
@@ -236,6 +176,8 @@ class Pipeline:
                     next_stats += stats_interval_s
         finally:
             self._stop.set()
+            if self.watch is not None:
+                self.watch.stop()
             for s in self.sources:
                 s.stop()
             for t in readers:
@@ -250,6 +192,19 @@ class Pipeline:
 
     def stop(self) -> None:
         """Thread- and signal-safe: ends run() after what is in flight has gone through."""
+        self._stop.set()
+
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def reload(self) -> None:
+        """Signal-safe (SIGHUP): look for a changed model now instead of at the next poll."""
+        if self.watch is not None:
+            self.watch.poke()
+
+    def request_restart(self, reason: str) -> None:
+        """End run() so that the process restarts on what changed (`edgepilot run` then exits with 75)."""
+        self.restart_reason = reason
         self._stop.set()
 
     def _read(self, source) -> None:
@@ -388,6 +343,7 @@ class Pipeline:
         outbox = next((s.outbox for s in self.sinks if hasattr(s, "outbox")), None)
         if outbox is not None:
             snap["outbox"] = outbox.stats()
+        snap["model"] = {"path": self.cfg.model.path, "last_swap": self.last_swap}
         snap["problems"] = self.problems()
         return snap
 

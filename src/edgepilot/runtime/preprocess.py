@@ -153,6 +153,18 @@ class Preprocessor:
     def input_size(self) -> tuple[int, int]:
         return (self.width, self.height) if not self.vector else (0, 0)
 
+    def fed_shape(self) -> tuple[int, ...]:
+        """What the scheduler feeds one item as (batch 1, or the model's fixed batch): warm-ups run at that size."""
+        spec = self.spec
+        if self.vector:
+            fed = (1, len(self.cfg.fields or ()))
+        else:
+            c, h, w = self.channels, self.height, self.width
+            fed = (1, h, w, c) if self.layout == "nhwc" else (1, c, h, w)
+        if spec.shape is None or len(spec.shape) != len(fed):
+            return fed
+        return tuple(d if isinstance(d, int) and d >= 0 else f for d, f in zip(spec.shape, fed))
+
     def process(self, item: Item) -> Item:
         if self.vector:
             return self._vector(item)

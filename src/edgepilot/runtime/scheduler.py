@@ -146,13 +146,36 @@ class ItemQueue:
             self._cond.notify_all()
 
 
+class _SessionSet:
+    """One model's sessions (one per worker) and the batches running on them: closed once retired and idle."""
+
+    def __init__(self, sessions: list[Session]) -> None:
+        self.sessions = sessions
+        self.busy = 0
+        self.retired = False
+        self.closed = threading.Event()
+
+    def close(self) -> None:
+        for s in self.sessions:
+            try:
+                s.close()
+            except Exception as e:  # a session that fails to close must not stop the swap or a worker
+                log.warning("closing a retired session: %s", e)
+        self.closed.set()
+
+
 class Scheduler:
     """Runs batches on one session per worker and hands each item to `emit` in queue order. Workers do nothing but
-    inference: post-processing happens downstream, on another core, while the next batch runs."""
+    inference: post-processing happens downstream, on another core, while the next batch runs.
+
+    `swap` replaces the sessions between batches: a batch already taken finishes on the sessions it started on,
+    which are closed once the last such batch has ended."""
 
     def __init__(self, sessions: list[Session], cfg: SchedulerConfig, stats: PipelineStats,
                  emit: Callable[[Item], None]) -> None:
-        self.sessions, self.cfg, self.stats = sessions, cfg, stats
+        self.cfg, self.stats = cfg, stats
+        self._live = _SessionSet(sessions)
+        self._sessions_lock = threading.Lock()
         self.emit = emit
         spec = sessions[0].inputs[0]
         self.input_name = spec.name
@@ -165,8 +188,28 @@ class Scheduler:
         self._next_out = 0
         self._ready: list[tuple[int, Item]] = []
         self._out_lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._work, args=(s,), name=f"infer-{i}", daemon=True)
-                         for i, s in enumerate(sessions)]
+        self._threads = [threading.Thread(target=self._work, args=(i,), name=f"infer-{i}", daemon=True)
+                         for i in range(len(sessions))]
+
+    @property
+    def sessions(self) -> list[Session]:
+        """The sessions new batches run on."""
+        return self._live.sessions
+
+    def swap(self, sessions: list[Session]) -> threading.Event:
+        """New batches run on `sessions` (one per worker, the same input); returns an event set once the old
+        sessions, which this scheduler then owns, have finished their batches and are closed."""
+        if len(sessions) != len(self._threads):
+            raise ValueError(f"{len(sessions)} session(s) for {len(self._threads)} worker(s)")
+        if sessions[0].inputs[0].name != self.input_name:
+            raise ValueError(f"the new sessions take {sessions[0].inputs[0].name!r}, not {self.input_name!r}")
+        with self._sessions_lock:
+            old, self._live = self._live, _SessionSet(sessions)
+            old.retired = True
+            idle = old.busy == 0
+        if idle:
+            old.close()
+        return old.closed
 
     def start(self) -> None:
         for t in self._threads:
@@ -185,7 +228,7 @@ class Scheduler:
         for t in self._threads:
             t.join(timeout)
 
-    def _work(self, session: Session) -> None:
+    def _work(self, worker: int) -> None:
         while True:
             with self._take_lock:  # tickets follow queue order
                 batch = self.queue.take(self.max_batch, self.cfg.max_delay_ms / 1e3)
@@ -193,7 +236,17 @@ class Scheduler:
                     return
                 first = self._ticket
                 self._ticket += len(batch)
-            self._infer(session, batch)
+                with self._sessions_lock:  # the batch runs on the sessions live when it was taken
+                    used = self._live
+                    used.busy += 1
+            try:
+                self._infer(used.sessions[worker], batch)
+            finally:
+                with self._sessions_lock:
+                    used.busy -= 1
+                    idle = used.retired and used.busy == 0
+                if idle:
+                    used.close()
             self._release(first, batch)
 
     def _infer(self, session: Session, batch: list[Item]) -> None:

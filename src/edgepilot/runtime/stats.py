@@ -56,6 +56,14 @@ class PipelineStats:
         with self._lock:
             self._confidence.append(score)
 
+    def model_swapped(self) -> None:
+        """A new model serves from now on: the latency and confidence windows start over, so they describe it (a
+        batch or two already in flight on the old model may still land in them). Counters keep counting."""
+        with self._lock:
+            self._stage.pop("infer", None)
+            self._confidence.clear()
+            self.counters["model_swaps"] += 1
+
     def set_queue_depth(self, depth: int) -> None:
         self.queue_depth = depth
         self.recorder.set_queue_depth(depth)

@@ -61,7 +61,13 @@ class PipelineCollector:
                                      value=s["fps"])
         yield core.GaugeMetricFamily("edgepilot_pipeline_queue_depth", "Items waiting for inference",
                                      value=s["queue_depth"])
+        counters = dict(s["counters"])
+        swaps, failed = counters.pop("model_swaps", 0), counters.pop("model_swap_failures", 0)
         items = core.CounterMetricFamily("edgepilot_pipeline_items", "Pipeline items by outcome", labels=["what"])
-        for what, n in sorted(s["counters"].items()):
+        for what, n in sorted(counters.items()):
             items.add_metric([what], n)
         yield items
+        yield core.CounterMetricFamily("edgepilot_pipeline_model_swaps", "Models swapped in without a restart",
+                                       value=swaps)
+        yield core.CounterMetricFamily("edgepilot_pipeline_model_swap_failures",
+                                       "Changed models refused (the previous one kept serving)", value=failed)

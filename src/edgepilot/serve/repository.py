@@ -160,10 +160,25 @@ class Repository:
                     keep = old.versions if old else None
                     self._models[name] = ModelState(name, "READY" if keep else "UNAVAILABLE", str(e), keep)
                 raise
-            with self._lock:
-                self._models[name] = ModelState(name, "READY", versions=new)
-            self._retire(old)
+            self._install(name, new)
             log.info("model %s: serving version(s) %s", name, ", ".join(map(str, sorted(new))))
+
+    def put(self, name: str, served: ServedVersion) -> None:
+        """Serve a version loaded elsewhere (a running pipeline's model) as `name`'s only one, swapped in as `load`
+        swaps: requests already holding the old version finish on it, then it is retired."""
+        if not _NAME.match(name):
+            raise ConfigError(f"cannot serve a model named {name!r}")
+        with self._load_lock:
+            self._install(name, {served.version: served})
+        log.info("model %s: serving version %d", name, served.version)
+
+    def _install(self, name: str, versions: dict[int, ServedVersion]) -> None:
+        """The swap (under _load_lock): new requests get `versions` from here on; the replaced ones are retired
+        once the requests that hold them have ended."""
+        with self._lock:
+            old = self._models.get(name)
+            self._models[name] = ModelState(name, "READY", versions=versions)
+        self._retire(old)
 
     def unload(self, name: str) -> None:
         with self._load_lock:
