@@ -21,6 +21,26 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics"]
 
 
+# declared first: routes are tried in order, and inference is what a server is asked most
+@router.post("/v2/models/{name}/infer")
+@router.post("/v2/models/{name}/versions/{version}/infer")
+async def infer(request: Request, name: str, version: str | None = None) -> Response:
+    state = request.app.state
+    async with accounted(request, "kserve", name, version) as slot:
+        check_token(request, state.settings, management=False)
+        body = await read_body(request, state.settings)
+        header, binary = _split(body, request.headers.get(HEADER_LENGTH))
+        feeds, wanted = _parse_request(header, binary)
+        with state.repo.use(name, version) as served:
+            slot["version"] = str(served.version)
+            wanted = _select_outputs(served, wanted)
+            outputs, _ = await served.infer(feeds, state.settings.request_timeout_s)
+            t0 = time.perf_counter()
+            response = _response(served, header, outputs, wanted)
+            served.encoded(time.perf_counter() - t0)
+            return response
+
+
 @router.get("/v2/health/live")
 async def live() -> Response:
     return json_response({"live": True})
@@ -89,25 +109,6 @@ async def model_ready(request: Request, name: str, version: str | None = None) -
     check_token(request, request.app.state.settings, management=False)
     request.app.state.repo.get(name, version)
     return json_response({"name": name, "ready": True})
-
-
-@router.post("/v2/models/{name}/infer")
-@router.post("/v2/models/{name}/versions/{version}/infer")
-async def infer(request: Request, name: str, version: str | None = None) -> Response:
-    state = request.app.state
-    async with accounted(request, "kserve", name, version) as slot:
-        check_token(request, state.settings, management=False)
-        body = await read_body(request, state.settings)
-        header, binary = _split(body, request.headers.get(HEADER_LENGTH))
-        feeds, wanted = _parse_request(header, binary)
-        with state.repo.use(name, version) as served:
-            slot["version"] = str(served.version)
-            wanted = _select_outputs(served, wanted)
-            outputs, _ = await served.infer(feeds, state.settings.request_timeout_s)
-            t0 = time.perf_counter()
-            response = _response(served, header, outputs, wanted)
-            served.encoded(time.perf_counter() - t0)
-            return response
 
 
 def _split(body: bytes, header_length: str | None) -> tuple[dict, memoryview]:

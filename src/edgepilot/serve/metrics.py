@@ -27,19 +27,28 @@ class ServeMetrics:
                                       labels, buckets=_LATENCY_BUCKETS, registry=self.registry)
         self.batch = prom.Histogram("edgepilot_serve_batch_size", "Samples per executed inference (dynamic "
                                     "batching)", labels, buckets=_BATCH_BUCKETS, registry=self.registry)
+        self._children: dict[tuple, object] = {}
+
+    def _child(self, metric, *labels: str):
+        """metric.labels(*labels), kept: prometheus_client validates and hashes the labels again at every call."""
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children.setdefault(key, metric.labels(*labels))
+        return child
 
     def observe_request(self, model: str, version: int | str, protocol: str, code: int, seconds: float) -> None:
         v = str(version)
-        self.requests.labels(model, v, protocol, str(code)).inc()
+        self._child(self.requests, model, v, protocol, str(code)).inc()
         if code < 400:
-            self.latency.labels(model, v, protocol).observe(seconds)
+            self._child(self.latency, model, v, protocol).observe(seconds)
 
     def observe_compute(self, model: str, version: int, queue_s: float, compute_s: float) -> None:
-        self.queue.labels(model, str(version)).observe(queue_s)
-        self.compute.labels(model, str(version)).observe(compute_s)
+        self._child(self.queue, model, str(version)).observe(queue_s)
+        self._child(self.compute, model, str(version)).observe(compute_s)
 
     def observe_batch(self, model: str, version: int, size: int) -> None:
-        self.batch.labels(model, str(version)).observe(size)
+        self._child(self.batch, model, str(version)).observe(size)
 
     def render(self) -> tuple[bytes, str]:
         return self._prom.generate_latest(self.registry), self._prom.CONTENT_TYPE_LATEST
