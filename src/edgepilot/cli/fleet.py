@@ -254,13 +254,22 @@ def agents(count: int = typer.Option(1, min=1, help="Devices hosted by this proc
            initial: Path = typer.Option(None, exists=True, help="Bundle installed where no model is committed."),
            interval: float = typer.Option(1.0, min=0.05, help="Seconds between health reports."),
            runs: int = typer.Option(4, min=1, help="Inferences per device per interval."),
+           health_dir: Path = typer.Option(None, "--health-dir", file_okay=False,
+                                           help="Publish the running runtime's health from DIR/runtime.json (its "
+                                                "EDGEPILOT_HEALTH_DIR) instead of running the model here; one "
+                                                "device (--count 1)."),
+           health_max_age: float = typer.Option(None, "--health-max-age", min=0.1,
+                                                help="Seconds after which a runtime report is stale (default: 3 "
+                                                     "intervals, at least 15)."),
            broker: str = broker_opt) -> None:
-    """Light mode: host COUNT devices in this process, each with its own slots, MQTT client and TUF client."""
+    """Host COUNT devices in this process, each with its own slots, MQTT client and TUF client. Light mode (the
+    default) runs each committed model here for its health; --health-dir publishes a real device's runtime's."""
     from edgepilot.cli.deploy import _keys
     from edgepilot.fleet.agents import Host, HostConfig
     from edgepilot.fleet.protocol import broker as parse
 
     cfg = HostConfig(broker=parse(broker), repo_url=repo_url, root=root.read_bytes(), keys=_keys(key), state=state,
                      device_class=device_class, ids=[f"{prefix}-{first + i:04d}" for i in range(count)],
-                     initial=initial, interval_s=interval, runs=runs)
+                     initial=initial, interval_s=interval, runs=runs, health_dir=health_dir,
+                     health_max_age_s=health_max_age)
     Host(cfg).run(_stop_on_signals())

@@ -4,6 +4,9 @@ inputs and publishes the health measured (latency p95, error rate, crashes, mean
 
 Devices whose committed models are the same bytes share one loaded session for the health runs (the model is
 measured, not the loading); installs and their trials are each device's own.
+
+For a real device, `health_dir` (one hosted device) publishes the running runtime's own health instead
+(runtime_health.py): what `edgepilot run` reports in that folder about the committed model, and no model runs here.
 """
 from __future__ import annotations
 
@@ -19,9 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from edgepilot.deploy.agent import Agent
-from edgepilot.errors import EdgepilotError
+from edgepilot.errors import ConfigError, EdgepilotError
 from edgepilot.fleet.client import RepoClient
 from edgepilot.fleet.protocol import check_device_id, cmd_topic, state_topic, status_topic
+from edgepilot.fleet.runtime_health import RuntimeReader
 from edgepilot.runtime.mqtt import MqttConfig, make_client
 
 log = logging.getLogger(__name__)
@@ -41,6 +45,12 @@ class HostConfig:
     runs: int = 4  # inferences per device per interval
     window: int = 64  # health is over the last `window` inferences of the current model
     workers: int = 2  # concurrent installs
+    health_dir: Path | None = None  # the runtime's health folder (EDGEPILOT_HEALTH_DIR): its health, not ours
+    health_max_age_s: float | None = None  # a runtime report older than this is stale (default: stale_after())
+
+    def stale_after(self) -> float:
+        """3 health intervals, and at least 3 ticks of the runtime's default 5 s statistics interval."""
+        return self.health_max_age_s if self.health_max_age_s is not None else max(3 * self.interval_s, 15.0)
 
 
 class Health:
@@ -61,6 +71,7 @@ class Health:
             "confidence": round(float(np.mean(self.confidence)), 4) if self.confidence else None,
             "inferences": self.inferences,
             "temperature_c": _temperature(),
+            "source": "light",
         }
 
 
@@ -86,6 +97,7 @@ class Device:
         self.agent = Agent(self.dir / "agent", cfg.keys, engine="onnxruntime")
         self.repo = RepoClient(self.dir / "tuf", cfg.repo_url, cfg.root, cfg.device_class)
         self.health = Health(cfg.window)
+        self.runtime = RuntimeReader(cfg.health_dir, cfg.stale_after(), device_id) if cfg.health_dir else None
         self.last_update: dict | None = None
         self.lock = threading.Lock()  # one update at a time; the health loop skips a device mid-update
         self.client = make_client(cfg.broker.model_copy(update={"client_id": f"edgepilot-dev-{device_id}"}),
@@ -168,6 +180,8 @@ class Device:
 
     # -- health ---------------------------------------------------------------------------------------------
     def measure(self, runs: int) -> None:
+        if self.runtime is not None:  # the runtime measures itself
+            return
         if not self.lock.acquire(blocking=False):
             return
         try:
@@ -203,11 +217,16 @@ class Device:
     def publish(self) -> None:
         st = self.agent.state()
         info = st.committed()
+        if self.runtime is not None:
+            health = {**self.runtime.summary(st.active if info else None, info.version if info else None),
+                      "temperature_c": _temperature()}
+        else:
+            health = self.health.summary()
         body = {
             "device": self.id, "target": self.host.cfg.device_class, "name": info.name if info else None,
             "version": info.version if info else None, "active": st.active, "highest": st.highest,
             "slots": {k: ({"name": v.name, "version": v.version} if v else None) for k, v in st.slots.items()},
-            "update": self.last_update, "health": {**self.health.summary(), "version": info.version if info else None},
+            "update": self.last_update, "health": {**health, "version": info.version if info else None},
             "at": time.time(),
         }
         self.client.publish(state_topic(self.host.cfg.device_class, self.id), json.dumps(body), qos=1, retain=True)
@@ -218,6 +237,10 @@ class Host:
 
     def __init__(self, cfg: HostConfig) -> None:
         self.cfg = cfg
+        if cfg.health_dir is not None and len(cfg.ids) != 1:
+            raise ConfigError(f"--health-dir reads one runtime's health, but this process hosts {len(cfg.ids)} "
+                              "devices", hint="run one agent per real device with --count 1, or drop --health-dir "
+                                              "for light mode")
         cfg.state.mkdir(parents=True, exist_ok=True)
         self.work: queue.Queue = queue.Queue()
         self._sessions: dict[str, tuple] = {}

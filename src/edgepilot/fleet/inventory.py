@@ -12,7 +12,7 @@ from edgepilot.runtime.mqtt import MqttConfig, make_client
 
 log = logging.getLogger(__name__)
 COLUMNS = ("device", "target", "online", "name", "version", "active", "slots", "update", "p95_ms", "error_rate",
-           "crashes", "confidence", "temperature_c")
+           "crashes", "confidence", "inferences", "temperature_c", "health")
 
 
 class Inventory:
@@ -135,5 +135,7 @@ def row(device: dict) -> dict:
         "name": device.get("name"), "version": device.get("version"), "active": device.get("active"),
         "slots": " ".join(f"{s}:{(v or {}).get('version', '-')}" for s, v in sorted(slots.items())),
         "update": f"{update.get('state', '')} v{update.get('version')}" if update else "",
-        **{k: health.get(k) for k in ("p95_ms", "error_rate", "crashes", "confidence", "temperature_c")},
+        **{k: health.get(k) for k in ("p95_ms", "error_rate", "crashes", "confidence", "inferences",
+                                      "temperature_c")},
+        "health": health.get("source", "") + (f": {health['missing']}" if health.get("missing") else ""),
     }
