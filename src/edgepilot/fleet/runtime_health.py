@@ -105,6 +105,6 @@ class RuntimeReader:
             if why is not None:
                 log.warning("%s: %s", self.device_id, why)
             elif self._said is not None:
-                log.warning("%s: health of v%s from the runtime again", self.device_id, version)
+                log.info("%s: publishing the runtime's health of v%s", self.device_id, version)
             self._said = why
         return health
