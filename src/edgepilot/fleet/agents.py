@@ -88,7 +88,7 @@ def _temperature() -> float | None:
 
 
 class Device:
-    """One simulated device: real slots, real bundle checks, real inference; its own MQTT client."""
+    """One device: real slots, real bundle checks, real inference (here, or the runtime's); its own MQTT client."""
 
     def __init__(self, host: Host, device_id: str) -> None:
         cfg = host.cfg

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -94,6 +95,7 @@ class RuntimeReader:
     def __init__(self, folder: Path, max_age_s: float, device_id: str = "") -> None:
         self.folder, self.max_age_s, self.device_id = Path(folder), max_age_s, device_id
         self._said: str | None = None
+        self._lock = threading.Lock()  # the report loop and an MQTT (re)connect both publish
 
     def summary(self, slot: str | None, version: int | None) -> dict:
         if version is None:
@@ -101,10 +103,11 @@ class RuntimeReader:
         else:
             report, why = read_report(self.folder)
             health, why = (_none(why), why) if report is None else summarize(report, slot, version, self.max_age_s)
-        if why != self._said:
+        with self._lock:
+            said, self._said = self._said, why
+        if why != said:
             if why is not None:
                 log.warning("%s: %s", self.device_id, why)
-            elif self._said is not None:
+            elif said is not None:
                 log.info("%s: publishing the runtime's health of v%s", self.device_id, version)
-            self._said = why
         return health
