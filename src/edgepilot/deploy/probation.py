@@ -70,7 +70,7 @@ def read_health(folder: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def _alive(pid) -> bool:
+def pid_alive(pid) -> bool:
     try:
         os.kill(int(pid), 0)
     except PermissionError:
@@ -92,7 +92,7 @@ class RuntimeHealth:
         who = _identity(Path(pipeline_yaml).resolve().parent)  # through the agent's `current` link: the slot
         old = read_health(folder) or {}
         same = old.get("pipeline") == who["pipeline"] and old.get("version") == who["version"]
-        unclean = same and old.get("running") and not _alive(old.get("pid"))
+        unclean = same and old.get("running") and not pid_alive(old.get("pid"))
         self.data = {**who, "pid": os.getpid(), "running": True,
                      "starts": old.get("starts", 0) + 1 if same else 1,
                      "crashes": old.get("crashes", 0) + (1 if unclean else 0) if same else 0,
@@ -192,7 +192,7 @@ def baseline_for(health_dir: Path, slot: str | None, version: int | None) -> dic
 def crashes(health: dict) -> int:
     """Crashes counted at the runtime's restarts, plus the run in the file if it died without closing it."""
     n = int(health.get("crashes", 0))
-    if health.get("running") and not _alive(health.get("pid")):
+    if health.get("running") and not pid_alive(health.get("pid")):
         n += 1
     return n
 

@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-from edgepilot.deploy.probation import HEALTH_FILE, _alive, crashes
+from edgepilot.deploy.probation import HEALTH_FILE, crashes, pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def summarize(report: dict, slot: str | None, version: int | None, max_age_s: fl
     if not report.get("running"):
         why = f"the runtime of v{version} is not running (it ended; pid {report.get('pid')})"
         return _none(why, seen), why
-    if not _alive(report.get("pid")):
+    if not pid_alive(report.get("pid")):
         why = f"stale health report: the runtime (pid {report.get('pid')}) is not alive"
         return _none(why, seen), why
     inferred, errors = int(report.get("inferred") or 0), int(report.get("errors") or 0)
