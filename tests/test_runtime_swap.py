@@ -21,7 +21,7 @@ from servers import linear_onnx
 
 httpx = pytest.importorskip("httpx")
 ort = pytest.importorskip("onnxruntime")
-pytest.importorskip("fastapi")
+pytest.importorskip("starlette")
 
 from edgepilot.deploy import probation  # noqa: E402
 from edgepilot.deploy.probation import HEALTH_ENV  # noqa: E402

@@ -116,16 +116,19 @@ def run_in_process(cfg: BenchConfig) -> BenchResult:
     meter, why_no_energy = _energy_meter(device)
     if meter is not None:
         meter.start()
-    cpu0, self0, wall0 = psutil.cpu_times(), me.cpu_times(), time.perf_counter()
+    cpu0, self0 = psutil.cpu_times(), me.cpu_times()
     try:
         stats = measure_latency(factory, feeds, batch=batch, warmup=cfg.warmup, runs=cfg.runs,
                                 seconds=cfg.seconds, concurrency=cfg.concurrency)
     finally:
         window = meter.stop() if meter is not None else None
-    cpu1, self1, wall = psutil.cpu_times(), me.cpu_times(), time.perf_counter() - wall0
+    cpu1, self1 = psutil.cpu_times(), me.cpu_times()
     busy = _busy(cpu1) - _busy(cpu0)
     mine = (self1.user + self1.system) - (self0.user + self0.system)
-    outside = max(0.0, busy - mine) / (wall * (psutil.cpu_count() or 1)) * 100 if wall > 0 else 0.0
+    # a share of the host's CPU time over the same window, in the same clock-tick units as `busy`, bounded: the
+    # kernel's tick counts and this process's own times are sampled a moment apart
+    total = _total(cpu1) - _total(cpu0)
+    outside = min(100.0, max(0.0, busy - mine) / total * 100) if total > 0 else 0.0
     host = host_info()
     return BenchResult(
         model=str(model.path), format=model.format.value, engine=engine_cls.name,
@@ -156,6 +159,11 @@ def _energy(window, why: str, stats: LatencyStats) -> BenchEnergy:
     return BenchEnergy(source=window.source, scope=window.scope, joules=window.joules, window_s=window.seconds,
                        mean_power_w=window.mean_watts, per_inference_mj=per_call,
                        per_sample_mj=per_call / stats.batch if per_call is not None else None)
+
+
+def _total(t) -> float:
+    """All CPU time of the host, every state (guest time is already counted in user time on Linux)."""
+    return sum(t) - getattr(t, "guest", 0) - getattr(t, "guest_nice", 0)
 
 
 def _busy(t) -> float:
