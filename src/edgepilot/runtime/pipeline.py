@@ -26,7 +26,7 @@ from edgepilot.runtime.positions import Positions
 from edgepilot.runtime.preprocess import PreprocessConfig, Preprocessor
 from edgepilot.runtime.quality import QualityChecker, QualityConfig
 from edgepilot.runtime.rules import RuleConfig, RuleEngine
-from edgepilot.runtime.scheduler import Scheduler, SchedulerConfig, plan_threads
+from edgepilot.runtime.scheduler import Scheduler, SchedulerConfig, limit_library_threads, plan_threads
 from edgepilot.runtime.sinks import SinkConfig, WebhookSink, WebhookSinkConfig, open_sink
 from edgepilot.runtime.sources import SourceConfig, open_source
 from edgepilot.runtime.sources.decoder_process import Stages
@@ -214,6 +214,7 @@ class Pipeline:
         # A worker whose native call (inference, decode) returns waits for the GIL up to the switch interval while
         # another stage runs Python; CPython's default 5 ms would idle the model for whole frames.
         sys.setswitchinterval(min(sys.getswitchinterval(), 0.0005))
+        limit_library_threads(self.plan)
         self.scheduler.start()
         if self.server is not None:
             self.server.start()
