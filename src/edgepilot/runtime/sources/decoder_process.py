@@ -10,7 +10,9 @@ a video file then goes on after the last frame it delivered.
 from __future__ import annotations
 
 import logging
+import math
 import os
+import select
 import subprocess
 import sys
 import tempfile
@@ -160,9 +162,11 @@ class ProcessSource(Source):
 
     def _receive(self, proc) -> Iterator[Item]:
         conn = self._conn
+        poller = select.poll()  # one for the connection (conn.poll builds a selector at every call)
+        poller.register(conn.fileno(), select.POLLIN)
         while not self._stop.is_set():
             try:
-                if not conn.poll(0.1):
+                if not poller.poll(100):  # readable, or hung up (then recv raises EOFError)
                     if proc.poll() is not None:
                         raise _ChildDied()
                     continue
@@ -199,9 +203,9 @@ class ProcessSource(Source):
             frame = np.ndarray(header["frame_shape"], np.uint8, self._ring.buf, base)
             if header.get("has_tensor"):
                 tensor = np.ndarray(tensor_shape, tensor_dtype, self._ring.buf, base + _nbytes(frame_shape, np.uint8))
-            with self._lock:
-                self._held.add(slot)
         with self._lock:  # numbered here: a restarted child numbers from 0 again
+            if slot is not None:
+                self._held.add(slot)
             seq, self._seq = self._seq, self._seq + 1
         item = Item(source=self.id, seq=seq, ts=header["ts"], live=self.live, frame=frame,
                     meta=header["meta"], tensor=tensor, transform=header.get("transform"), error=header.get("error"))
@@ -276,7 +280,7 @@ class _ChildDied(Exception):
 
 
 def _nbytes(shape, dtype) -> int:
-    return int(np.prod(shape)) * np.dtype(dtype).itemsize
+    return math.prod(shape) * np.dtype(dtype).itemsize
 
 
 # -- the child --------------------------------------------------------------------------------------------------------
