@@ -34,8 +34,11 @@ from edgepilot.runtime.sources.base import Source
 
 log = logging.getLogger(__name__)
 _KEY_ENV = "EDGEPILOT_DECODER_KEY"  # the connection's authentication key, handed to the child out of band
-# Slots go back to the child in batches of this many: each message wakes the child's listener (a context switch and
-# a GIL hand-over there), while the ring has slots to spare; near its end they go back one by one.
+# Slots go back to the child in batches of this many: each message wakes the child (a context switch and a GIL
+# hand-over there, and a file decoder waiting for room decodes a burst instead of a frame per wake-up). A file
+# decoder that waits gets them all the same: every slot it lacks is on its way here, or held by an item the
+# pipeline is delivering. A live decoder drops frames while it has no slot, so near the ring's end it gets each
+# slot back at once.
 _FREE_BATCH = 8
 
 
@@ -228,9 +231,9 @@ class ProcessSource(Source):
                     return
                 self._held.discard(slot)
                 self._freed.append(slot)
-                # at most this many slots can be free in the child: when few, it may be waiting for this one
+                # at most this many slots can be free in the child: when few, a live one may be dropping frames
                 child_free = self.slots - len(self._held) - len(self._freed)
-                if len(self._freed) < _FREE_BATCH and child_free > _FREE_BATCH:
+                if len(self._freed) < _FREE_BATCH and (not self.live or child_free > _FREE_BATCH):
                     return
                 freed, self._freed = self._freed, []
             self._send_locked(("free", freed))
