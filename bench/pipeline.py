@@ -247,13 +247,15 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     args = parser.parse_args()
     ROUNDS = args.rounds
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         video = tmp / "faces.mp4"
         make_face_video(video)
         results = [measure(tmp, video, m) for m in args.models]
+    load = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     payload = {"host": host_info(), "video": f"demo faces video, 640x480, 105 frames looped to {FRAMES}",
-               "results": results}
+               "load_average_1min_start_end": load, "results": results}
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "pipeline.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
@@ -261,6 +263,8 @@ def main() -> None:
              f"Median of {ROUNDS} alternating rounds, one process; litert, batch 1, "
              f"{results[0]['model_threads']} model thread(s), JSONL sink.", "",
              "The pipeline decodes in a child process (`decode: process`); `decode: thread` beside it.", "",
+             f"Load average (1 min) at the start and the end: {load[0]} / {load[1]} on {os.cpu_count()} cores "
+             "(other work on the machine slows every column; the rounds alternate so that it hits them alike).", "",
              "CPU is CPU time (FFmpeg's decode threads included), not 1/fps. Stages alone: the decoder (read, "
              "quality checks, preprocess) plus the model; the pipeline also post-processes, applies the rules and "
              "writes a JSON line per frame (the output column: those alone). The pipeline's CPU is its steady "
