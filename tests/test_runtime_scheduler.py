@@ -10,7 +10,7 @@ import pytest
 from edgepilot.engines import open_session
 from edgepilot.model import Format, Model
 from edgepilot.runtime.item import Item
-from edgepilot.runtime.scheduler import ItemQueue, Scheduler, SchedulerConfig, plan_threads
+from edgepilot.runtime.scheduler import ItemQueue, Scheduler, SchedulerConfig, limit_library_threads, plan_threads
 from edgepilot.runtime.stats import PipelineStats
 
 
@@ -121,6 +121,19 @@ def test_spin_wait_is_off_when_the_stages_fill_every_core_and_the_yaml_decides_o
         session = open_session(model, "onnxruntime", threads=1, spin_wait=spin)
         options = session._sess.get_session_options()
         assert options.get_session_config_entry("session.intra_op.allow_spinning") == entry
+
+
+def test_opencv_runs_single_threaded_only_when_the_stages_fill_every_core():
+    cv2 = pytest.importorskip("cv2")
+    before = cv2.getNumThreads()
+    try:
+        cv2.setNumThreads(4)
+        limit_library_threads(plan_threads(SchedulerConfig(model_threads=2), decode_threads=1, cores=8))  # to spare
+        assert cv2.getNumThreads() == 4
+        limit_library_threads(plan_threads(SchedulerConfig(), decode_threads=1, cores=2))
+        assert cv2.getNumThreads() == 1
+    finally:
+        cv2.setNumThreads(before)
 
 
 def test_an_item_that_cannot_run_does_not_hold_back_its_batch(cnn):

@@ -24,7 +24,7 @@ from edgepilot.runtime.positions import Positions
 from edgepilot.runtime.preprocess import Preprocessor
 from edgepilot.runtime.quality import QualityChecker
 from edgepilot.runtime.rules import RuleEngine
-from edgepilot.runtime.scheduler import Scheduler, plan_threads
+from edgepilot.runtime.scheduler import Scheduler, limit_library_threads, plan_threads
 from edgepilot.runtime.sinks import WebhookSink, WebhookSinkConfig, open_sink
 from edgepilot.runtime.sources import open_source
 from edgepilot.runtime.sources.decoder_process import Stages
@@ -152,6 +152,7 @@ class Pipeline:
         # A worker whose native call (inference, decode) returns waits for the GIL up to the switch interval while
         # another stage runs Python; CPython's default 5 ms would idle the model for whole frames.
         sys.setswitchinterval(min(sys.getswitchinterval(), 0.0005))
+        limit_library_threads(self.plan)
         self.scheduler.start()
         if self.server is not None:
             self.server.start()

@@ -79,6 +79,18 @@ def plan_threads(cfg: SchedulerConfig, decode_threads: int, cores: int | None = 
     return ThreadPlan(cores, decode_threads, workers, threads, tuple(notes), spin)
 
 
+def limit_library_threads(plan: ThreadPlan) -> None:
+    """When the plan fills every core, OpenCV runs single-threaded (process-wide): its pool would only add threads
+    to wake on every colour conversion and resize, on cores the stages already use. Results are the same."""
+    if plan.workers * plan.model_threads + plan.decode_threads < plan.cores:
+        return
+    try:
+        import cv2
+    except ImportError:  # a sensor pipeline needs no OpenCV
+        return
+    cv2.setNumThreads(1)
+
+
 class ItemQueue:
     def __init__(self, size: int, stats: PipelineStats) -> None:
         self._items: deque[Item] = deque()

@@ -10,7 +10,9 @@ a video file then goes on after the last frame it delivered.
 from __future__ import annotations
 
 import logging
+import math
 import os
+import select
 import subprocess
 import sys
 import tempfile
@@ -26,11 +28,18 @@ from typing import Any
 import numpy as np
 
 from edgepilot.errors import EdgepilotError, RuntimeFailure
+from edgepilot.optional import require
 from edgepilot.runtime.item import Item
 from edgepilot.runtime.sources.base import Source
 
 log = logging.getLogger(__name__)
 _KEY_ENV = "EDGEPILOT_DECODER_KEY"  # the connection's authentication key, handed to the child out of band
+# Slots go back to the child in batches of this many: each message wakes the child (a context switch and a GIL
+# hand-over there, and a file decoder waiting for room decodes a burst instead of a frame per wake-up). A file
+# decoder that waits gets them all the same: every slot it lacks is on its way here, or held by an item the
+# pipeline is delivering. A live decoder drops frames while it has no slot, so near the ring's end it gets each
+# slot back at once.
+_FREE_BATCH = 8
 
 
 @dataclass
@@ -55,6 +64,7 @@ class ProcessSource(Source):
         self._ring: shared_memory.SharedMemory | None = None
         self._layout: tuple | None = None  # frame shape, tensor shape, tensor dtype, slot bytes
         self._held: set[int] = set()
+        self._freed: list[int] = []  # released, not yet sent back to the child
         self._conn = None
         self._send_lock = threading.Lock()
         self._child_stats: dict[str, Any] = {}
@@ -92,7 +102,7 @@ class ProcessSource(Source):
         restarts, last_index = 0, None
         try:
             while not self._stop.is_set():
-                proc, self._conn = self._start_child(last_index)
+                proc = self._start_child(last_index)
                 self.decoder_pid = proc.pid
                 ended = False
                 try:
@@ -125,7 +135,6 @@ class ProcessSource(Source):
         resume = self._resume
         if last_index is not None and getattr(self.cfg, "type", None) == "video":
             resume = {"after_frame_index": last_index}  # a restarted file decoder goes on where it stopped
-        ring = None if self._ring is None else (self._ring.name, self._layout, self._free_slots())
         address = os.path.join(tempfile.gettempdir(), f"edgepilot-decoder-{uuid.uuid4().hex[:12]}.sock")
         key = os.urandom(16)
         listener = Listener(address, "AF_UNIX", authkey=key)
@@ -145,18 +154,22 @@ class ProcessSource(Source):
             proc.wait()
             raise RuntimeFailure(f"source {self.id}: the decoder process did not start (exit {proc.returncode})")
         conn = accepted[0]
-        conn.send((self.cfg, self.stages, resume, ring, self.slots))
-        return proc, conn
-
-    def _free_slots(self) -> list[int]:
-        with self._lock:
-            return [i for i in range(self.slots) if i not in self._held]
+        with self._send_lock:  # the free slots, taken as the connection is installed: none is sent twice or lost
+            with self._lock:
+                self._freed = []
+                free = [i for i in range(self.slots) if i not in self._held]
+            ring = None if self._ring is None else (self._ring.name, self._layout, free)
+            conn.send((self.cfg, self.stages, resume, ring, self.slots))
+            self._conn = conn
+        return proc
 
     def _receive(self, proc) -> Iterator[Item]:
         conn = self._conn
+        poller = select.poll()  # one for the connection (conn.poll builds a selector at every call)
+        poller.register(conn.fileno(), select.POLLIN)
         while not self._stop.is_set():
             try:
-                if not conn.poll(0.1):
+                if not poller.poll(100):  # readable, or hung up (then recv raises EOFError)
                     if proc.poll() is not None:
                         raise _ChildDied()
                     continue
@@ -193,9 +206,9 @@ class ProcessSource(Source):
             frame = np.ndarray(header["frame_shape"], np.uint8, self._ring.buf, base)
             if header.get("has_tensor"):
                 tensor = np.ndarray(tensor_shape, tensor_dtype, self._ring.buf, base + _nbytes(frame_shape, np.uint8))
-            with self._lock:
-                self._held.add(slot)
         with self._lock:  # numbered here: a restarted child numbers from 0 again
+            if slot is not None:
+                self._held.add(slot)
             seq, self._seq = self._seq, self._seq + 1
         item = Item(source=self.id, seq=seq, ts=header["ts"], live=self.live, frame=frame,
                     meta=header["meta"], tensor=tensor, transform=header.get("transform"), error=header.get("error"))
@@ -212,19 +225,29 @@ class ProcessSource(Source):
         return item
 
     def _release(self, slot: int) -> None:
-        with self._lock:
-            if slot not in self._held:
-                return
-            self._held.discard(slot)
-        self._send(("free", slot))
+        with self._send_lock:
+            with self._lock:
+                if slot not in self._held:
+                    return
+                self._held.discard(slot)
+                self._freed.append(slot)
+                # at most this many slots can be free in the child: when few, a live one may be dropping frames
+                child_free = self.slots - len(self._held) - len(self._freed)
+                if len(self._freed) < _FREE_BATCH and (not self.live or child_free > _FREE_BATCH):
+                    return
+                freed, self._freed = self._freed, []
+            self._send_locked(("free", freed))
 
     def _send(self, message) -> None:
         with self._send_lock:
-            try:
-                if self._conn is not None:
-                    self._conn.send(message)
-            except (OSError, ValueError, BrokenPipeError):
-                pass  # the child is gone: its replacement gets the free slots at start
+            self._send_locked(message)
+
+    def _send_locked(self, message) -> None:
+        try:
+            if self._conn is not None:
+                self._conn.send(message)
+        except (OSError, ValueError, BrokenPipeError):
+            pass  # the child is gone: its replacement gets the free slots at start
 
     def _end_child(self, proc) -> None:
         self._send(("stop", None))
@@ -260,7 +283,7 @@ class _ChildDied(Exception):
 
 
 def _nbytes(shape, dtype) -> int:
-    return int(np.prod(shape)) * np.dtype(dtype).itemsize
+    return math.prod(shape) * np.dtype(dtype).itemsize
 
 
 # -- the child --------------------------------------------------------------------------------------------------------
@@ -281,6 +304,9 @@ def _child_main(conn, cfg, stages: Stages | None, resume, ring, slots: int) -> N
     from edgepilot.runtime.sources import open_source
 
     cfg = cfg.model_copy(update={"decode": "thread"})
+    # This process is one decode thread of the pipeline's thread plan: OpenCV's own pool would only add threads to
+    # wake per call (colour conversion, resizing) on cores the inference already uses.
+    require("cv2", "vision").setNumThreads(1)
     shm = None
     try:
         source = open_source(cfg)
@@ -311,7 +337,7 @@ def _child_main(conn, cfg, stages: Stages | None, resume, ring, slots: int) -> N
                     return
                 if kind == "free":
                     with free_cond:
-                        free.append(payload)
+                        free.extend(payload)
                         free_cond.notify()
                 elif kind == "ring":
                     name, layout, slots_free = payload
