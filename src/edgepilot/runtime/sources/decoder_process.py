@@ -274,8 +274,10 @@ class ProcessSource(Source):
             pass
         try:
             ring.unlink()
-        except FileNotFoundError:
-            pass
+        except FileNotFoundError:  # gone already: only the resource tracker still holds it (it would warn at exit)
+            from multiprocessing import resource_tracker
+
+            resource_tracker.unregister(ring._name, "shared_memory")
 
 
 class _ChildDied(Exception):
