@@ -103,7 +103,7 @@ def test_shared_memory_is_released_however_the_pipeline_ends(tmp_path, face_vide
             assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else ""
             time.sleep(0.1)
         if ending.startswith("decoder crash"):
-            child = int(subprocess.check_output(["pgrep", "-P", str(proc.pid), "-f", "decoder_process"]).split()[0])
+            child = int(subprocess.check_output(["pgrep", "-P", str(proc.pid), "-f", "decoder_child"]).split()[0])
             os.kill(child, signal.SIGKILL)
             time.sleep(2)  # restarted into the same ring
             assert len(segments(proc.pid)) == 1
