@@ -15,7 +15,7 @@ import numpy as np
 from edgepilot.errors import EdgepilotError
 from edgepilot.optional import require
 from edgepilot.runtime.item import Item
-from edgepilot.runtime.sources.decoder_process import _KEY_ENV, Stages, _nbytes
+from edgepilot.runtime.sources.decoder_process import KEY_ENV, Stages, nbytes
 
 
 def _attach_untracked(name: str) -> shared_memory.SharedMemory:
@@ -121,7 +121,7 @@ def _child_main(conn, cfg, stages: Stages | None, resume, ring, slots: int) -> N
                 np.ndarray(frame.shape, np.uint8, shm.buf, base)[...] = frame
                 header["frame_shape"] = frame.shape
                 if isinstance(tensor, np.ndarray):
-                    np.ndarray(tensor_shape, tensor_dtype, shm.buf, base + _nbytes(frame_shape, np.uint8))[...] = \
+                    np.ndarray(tensor_shape, tensor_dtype, shm.buf, base + nbytes(frame_shape, np.uint8))[...] = \
                         tensor
                     header["has_tensor"] = True
                 conn.send(("item", (slot, header, None, None)))
@@ -172,7 +172,7 @@ def _serve_parent(address: str) -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the pipeline decides when to stop
-    conn = Client(address, "AF_UNIX", authkey=bytes.fromhex(os.environ.pop(_KEY_ENV)))
+    conn = Client(address, "AF_UNIX", authkey=bytes.fromhex(os.environ.pop(KEY_ENV)))
     _child_main(conn, *conn.recv())
 
 

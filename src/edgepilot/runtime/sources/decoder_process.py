@@ -33,7 +33,7 @@ from edgepilot.runtime.sources.base import Source
 
 log = logging.getLogger(__name__)
 _CHILD = "edgepilot.runtime.sources.decoder_child"  # the child's module, run with `python -m`
-_KEY_ENV = "EDGEPILOT_DECODER_KEY"  # the connection's authentication key, handed to the child out of band
+KEY_ENV = "EDGEPILOT_DECODER_KEY"  # the connection's authentication key, handed to the child out of band
 # Slots go back to the child in batches of this many: each message wakes the child (a context switch and a GIL
 # hand-over there, and a file decoder waiting for room decodes a burst instead of a frame per wake-up). A file
 # decoder that waits gets them all the same: every slot it lacks is on its way here, or held by an item the
@@ -140,7 +140,7 @@ class ProcessSource(Source):
         listener = Listener(address, "AF_UNIX", authkey=key)
         try:
             proc = subprocess.Popen([sys.executable, "-m", _CHILD, address], stdin=subprocess.DEVNULL,
-                                    env={**os.environ, _KEY_ENV: key.hex()})
+                                    env={**os.environ, KEY_ENV: key.hex()})
             accepted: list = []
             waiter = threading.Thread(target=lambda: accepted.append(listener.accept()), daemon=True)
             waiter.start()
@@ -194,7 +194,7 @@ class ProcessSource(Source):
 
     def _make_ring(self, layout) -> None:
         frame_shape, tensor_shape, tensor_dtype = layout
-        slot_bytes = _nbytes(frame_shape, np.uint8) + (_nbytes(tensor_shape, tensor_dtype) if tensor_shape else 0)
+        slot_bytes = nbytes(frame_shape, np.uint8) + (nbytes(tensor_shape, tensor_dtype) if tensor_shape else 0)
         name = f"edgepilot-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._ring = shared_memory.SharedMemory(name=name, create=True, size=max(1, slot_bytes * self.slots))
         self._layout = (frame_shape, tensor_shape, tensor_dtype, slot_bytes)
@@ -205,7 +205,7 @@ class ProcessSource(Source):
             base = slot * slot_bytes
             frame = np.ndarray(header["frame_shape"], np.uint8, self._ring.buf, base)
             if header.get("has_tensor"):
-                tensor = np.ndarray(tensor_shape, tensor_dtype, self._ring.buf, base + _nbytes(frame_shape, np.uint8))
+                tensor = np.ndarray(tensor_shape, tensor_dtype, self._ring.buf, base + nbytes(frame_shape, np.uint8))
         with self._lock:  # numbered here: a restarted child numbers from 0 again
             if slot is not None:
                 self._held.add(slot)
@@ -284,5 +284,5 @@ class _ChildDied(Exception):
     pass
 
 
-def _nbytes(shape, dtype) -> int:
+def nbytes(shape, dtype) -> int:
     return math.prod(shape) * np.dtype(dtype).itemsize
