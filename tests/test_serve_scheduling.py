@@ -3,6 +3,7 @@ version swapped in while requests are in flight without failing any."""
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -104,7 +105,8 @@ def test_a_new_version_is_swapped_in_without_failing_requests_in_flight(tmp_path
 
 
 @pytest.mark.parametrize("config,words", [("versions: [3]\n", "no folder for version"),
-                                          ("engine: nope\n", "unknown engine"), ("max_batch: 0\n", "max_batch")])
+                                          ("engine: nope\n", "unknown engine"), ("max_batch: 0\n", "max_batch"),
+                                          ("inline: true\nmax_batch: 4\n", "inline needs max_batch 1")])
 def test_a_bad_config_leaves_the_model_unavailable_with_the_reason(tmp_path, config, words):
     linear_onnx(tmp_path / "linear" / "1" / "model.onnx")
     (tmp_path / "linear" / "config.yaml").write_text(config)
@@ -117,3 +119,48 @@ def test_a_bad_config_leaves_the_model_unavailable_with_the_reason(tmp_path, con
     assert index["linear"]["state"] == "UNAVAILABLE" and words in index["linear"]["reason"]
     assert index["broken"]["state"] == "UNAVAILABLE" and "broken" in index["broken"]["reason"]
     assert r.status_code == 404 and words in r.json()["error"]
+
+
+def test_one_sample_requests_of_a_fast_model_run_on_the_event_loop(tmp_path):
+    linear_onnx(tmp_path / "inline" / "1" / "model.onnx")
+    (tmp_path / "inline" / "config.yaml").write_text("max_batch: 1\nwarmup: 0\n")
+    linear_onnx(tmp_path / "batched" / "1" / "model.onnx")  # max_batch 8 by default: the scheduler batches
+    linear_onnx(tmp_path / "slow" / "1" / "model.onnx")
+    (tmp_path / "slow" / "config.yaml").write_text("engine: fake-slow\nmax_batch: 1\n")
+    slow = FakeEngine.scripted(lambda f: (time.sleep(0.002), {"output": f["input"][:, :3]})[1], name="fake-slow")
+    rng = np.random.default_rng(0)
+    xs = [rng.standard_normal((n, 4)).astype(np.float32) for n in (1, 3, 1, 2) * 8]
+    with registered(slow), serving(tmp_path) as server, ThreadPoolExecutor(4) as pool:
+        repo = server.app_state.repo
+        assert repo.get("inline").inline and not repo.get("batched").inline and not repo.get("slow").inline
+        # one-sample requests inline and larger ones through the scheduler share the session, concurrently
+        replies = list(pool.map(lambda x: infer(server.url, "inline", x), xs))
+        stats = httpx.get(f"{server.url}/v2/models/inline/stats").json()["model_stats"][0]
+    for x, (status, reply) in zip(xs, replies):
+        assert status == 200
+        np.testing.assert_allclose(output(reply, (len(x), 3)), x @ W1 + B1, rtol=1e-5, atol=1e-6)
+    assert stats["inference_count"] == sum(len(x) for x in xs) == stats["execution_count"]
+    assert [b["batch_size"] for b in stats["batch_stats"]] == [1]
+
+
+def _fast_unless_extreme(feeds):
+    x = feeds["input"]
+    if (x < -1000).any():
+        raise RuntimeError("this model refuses very negative numbers")
+    if (x > 1000).any():
+        time.sleep(0.01)  # slower than INLINE_SLOW_S
+    return {"output": x[:, :3]}
+
+
+def test_an_inline_failure_is_an_error_and_a_slow_inline_inference_stops_inlining(tmp_path):
+    linear_onnx(tmp_path / "varies" / "1" / "model.onnx")
+    (tmp_path / "varies" / "config.yaml").write_text("engine: fake-varies\nmax_batch: 1\n")
+    with registered(FakeEngine.scripted(_fast_unless_extreme, name="fake-varies")), serving(tmp_path) as server:
+        served = server.app_state.repo.get("varies")
+        assert served.inline
+        status, reply = infer(server.url, "varies", np.full((1, 4), -2000, np.float32))
+        assert status == 500 and "refuses very negative numbers" in reply["error"] and served.inline
+        assert infer(server.url, "varies", np.full((1, 4), 2000, np.float32))[0] == 200
+        assert not served.inline  # that one held the event loop for 10 ms: no more inline requests
+        status, reply = infer(server.url, "varies", np.ones((1, 4), np.float32))
+    assert status == 200 and reply["outputs"][0]["data"] == [1.0, 1.0, 1.0]

@@ -21,6 +21,8 @@ from edgepilot.runtime.stats import PipelineStats
 from edgepilot.serve.tensors import validate_feeds
 
 log = logging.getLogger(__name__)
+INLINE_MAX_S = 250e-6  # under this, a one-sample inference costs less than the hop to a worker thread and back
+INLINE_SLOW_S = 5e-3  # an inline inference this slow stops auto inlining: it held up every other request
 
 
 @dataclass
@@ -74,12 +76,32 @@ class _Request:
         self.submitted = time.perf_counter()
 
 
+class _Serialized:
+    """A session that runs one inference at a time: inline requests on the event loop and the scheduler's worker
+    share it, and not every runtime's session may be run from two threads at once."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str):  # inputs, outputs, threads, precision: the session's own
+        return getattr(self.session, name)
+
+    def run(self, feeds, **kwargs) -> dict[str, np.ndarray]:
+        with self._lock:
+            return self.session.run(feeds, **kwargs)
+
+    def close(self) -> None:
+        self.session.close()
+
+
 class ServedVersion:
     """A model version ready to serve: `await infer(feeds)` batches concurrent requests through the scheduler."""
 
     def __init__(self, name: str, version: int, model: Model, *, engine: str | None, threads: int | None,
                  instances: int, max_batch: int, max_delay_ms: float, max_queue: int, warmup: int,
-                 reject_nonfinite: bool, spin_wait: bool | str = "auto", metrics=None) -> None:
+                 reject_nonfinite: bool, spin_wait: bool | str = "auto", inline: bool | str = "auto",
+                 metrics=None) -> None:
         self.name, self.version, self.model = name, version, model
         unbatched = [s.name for s in model.inputs if not s.shape]
         if unbatched:
@@ -96,26 +118,59 @@ class ServedVersion:
         if spin_wait == "auto":  # spinning threads on every core starve the event loop that parses requests
             spin_wait = False if instances * threads >= default_threads() else None
         self.engine = engine_for(model, engine).name
-        self.sessions: list[Session] = []
+        self.sessions: list[_Serialized] = []
         try:
             for _ in range(instances):
-                self.sessions.append(open_session(model, self.engine, threads=threads, spin_wait=spin_wait))
+                self.sessions.append(_Serialized(open_session(model, self.engine, threads=threads,
+                                                              spin_wait=spin_wait)))
             for s in self.sessions:
                 self._warm_up(s, warmup)
+            self.inputs, self.outputs = self.sessions[0].inputs, self.sessions[0].outputs
+            cfg = SchedulerConfig(max_batch=max_batch, max_delay_ms=max_delay_ms,
+                                  queue_size=max_queue)
+            self.scheduler = Scheduler(self.sessions, cfg, _BatchStats(self), self._emit)
+            self.inline, self.inline_auto = self._inline(inline), inline == "auto"
         except Exception:
             self._close_sessions()
             raise
-        self.inputs, self.outputs = self.sessions[0].inputs, self.sessions[0].outputs
-        cfg = SchedulerConfig(max_batch=max_batch, max_delay_ms=max_delay_ms,
-                              queue_size=max_queue)
-        self.scheduler = Scheduler(self.sessions, cfg, _BatchStats(self), self._emit)
         self.scheduler.start()
+        log.info("%s v%d: %s, %d instance(s) x %d thread(s), max batch %d%s", name, version, self.engine, instances,
+                 threads, self.scheduler.max_batch, ", one-sample requests inline" if self.inline else "")
+
+    def _inline(self, wanted: bool | str) -> bool:
+        """Whether one-sample requests run on the event loop itself rather than through the scheduler's worker:
+        the hop there and back (a queue, a thread wake-up, a future) costs more CPU than a fast model's inference.
+        Only without batching, on one instance; auto: inputs of a fixed size (past the batch dimension) and a
+        one-sample inference under INLINE_MAX_S."""
+        unbatched = self.scheduler.max_batch == 1 and len(self.sessions) == 1
+        if wanted is True and not unbatched:
+            raise ConfigError(f"{self.name}: inline needs max_batch 1 and one instance",
+                              hint="inline skips the scheduler that batches samples and spreads them over instances")
+        if wanted != "auto":
+            return wanted
+        fixed = all(isinstance(d, int) and d > 0 for spec in self.inputs for d in spec.shape[1:])
+        return unbatched and fixed and self._fast(self.sessions[0])
+
+    @staticmethod
+    def _fast(session: _Serialized) -> bool:
+        """A few timed inferences (one, for a slow model) on synthetic inputs: is the median under INLINE_MAX_S?"""
+        try:
+            feeds = synthetic_feeds(session.inputs, batch=1)
+            session.run(feeds)  # the first run pays for lazy initialisation
+            times = []
+            while len(times) < 5 and (not times or times[-1] < 4 * INLINE_MAX_S):
+                t0 = time.perf_counter()
+                session.run(feeds)
+                times.append(time.perf_counter() - t0)
+        except Exception:  # noqa: BLE001 — a model that needs real inputs goes through the scheduler
+            return False
+        return float(np.median(times)) < INLINE_MAX_S
 
     @property
     def platform(self) -> str:
         return f"{self.engine}_{self.model.format.value}"
 
-    def _warm_up(self, session: Session, runs: int) -> None:
+    def _warm_up(self, session: _Serialized, runs: int) -> None:
         """Synthetic inputs through each instance so the first request does not pay for lazy initialisation."""
         if runs <= 0:
             return
@@ -143,6 +198,8 @@ class ServedVersion:
         if n == 0:
             raise InputError("an empty batch (first dimension 0)")
         self.stats.compute_input.add(time.perf_counter() - t0)
+        if n == 1 and self.inline:
+            return self._run_inline(feeds, t0)
         req = _Request(n)  # one item per sample: the scheduler batches samples of concurrent requests together
         items = [Item(source=self.name, seq=i, ts=time.time(), tensor={k: v[i] for k, v in feeds.items()},
                       meta={"request": req}) for i in range(n)]
@@ -153,7 +210,23 @@ class ServedVersion:
         except asyncio.TimeoutError:
             raise UnavailableError(f"{self.name} v{self.version}: no result within {timeout_s:g} s",
                                    hint="the server is overloaded; retry later") from None
-        return outputs, self._account(req, items, t0)
+        compute = sum(it.timings.get("infer", 0.0) for it in items)
+        return outputs, self._account(t0, req.submitted, compute, n)
+
+    def _run_inline(self, feeds: dict[str, np.ndarray], t0: float) -> tuple[dict[str, np.ndarray], float]:
+        t1 = time.perf_counter()
+        try:
+            outputs = self.sessions[0].run(feeds)
+        except Exception as e:
+            self.executed(time.perf_counter() - t1, 1)
+            raise RuntimeFailure(f"{self.name} v{self.version}: inference failed: {e}") from e
+        compute = time.perf_counter() - t1
+        self.executed(compute, 1)
+        if compute > INLINE_SLOW_S and self.inline_auto:  # this input is slow: the event loop must not wait on it
+            self.inline = False
+            log.warning("%s v%d: an inference took %.1f ms on the event loop; requests go through the scheduler "
+                        "from now on", self.name, self.version, compute * 1e3)
+        return outputs, self._account(t0, t1, compute, 1)
 
     def _submit(self, items: list[Item]) -> None:
         for it in items:
@@ -177,16 +250,16 @@ class ServedVersion:
             log.exception("%s v%d: cannot assemble a result", self.name, self.version)
             req.future.set_exception(RuntimeFailure(f"{self.name} v{self.version}: cannot assemble the result: {e}"))
 
-    def _account(self, req: _Request, items: list[Item], t0: float) -> float:
-        total = time.perf_counter() - t0
-        compute = sum(it.timings.get("infer", 0.0) for it in items)
-        waited = max(0.0, time.perf_counter() - req.submitted - compute)
+    def _account(self, t0: float, submitted: float, compute: float, samples: int) -> float:
+        """Statistics of a request received at t0, handed to inference at `submitted`; returns its queue seconds."""
+        now = time.perf_counter()
+        waited = max(0.0, now - submitted - compute)
         with self._lock:
             s = self.stats
-            s.success.add(total)
+            s.success.add(now - t0)
             s.queue.add(waited)
             s.compute_infer.add(compute)
-            s.inference_count += len(items)
+            s.inference_count += samples
             s.last_inference_ms = int(time.time() * 1e3)
         if self.metrics is not None:
             self.metrics.observe_compute(self.name, self.version, waited, compute)
