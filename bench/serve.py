@@ -3,10 +3,13 @@ without dynamic batching, at 1, 4 and 16 concurrent clients, against the raw in-
 with --peer-python, against MLServer serving the same ONNX model with the same threads (the peer runs in its own
 virtual environment: `python3 -m venv V && V/bin/pip install mlserver==1.7.1 onnxruntime`).
 
-The model is the tests' tiny CNN ([1, 3, 32, 32] float32 in, 3,072 values: a "small tensor"). Servers run as their
-own processes, as users run them; the clients are Triton's Python clients, one per thread. Every cell runs for
---seconds; rates are requests per second, latencies are per request as the client sees them. Writes
-bench/results/serve.{json,md}.
+The model is the tests' tiny CNN ([1, 3, 32, 32] float32 in, 3,072 values: a "small tensor"). Batching is also
+measured on a dense model taking the same input (3072-2048-2048-10, 10.5 M weights): a weight-bound model, where one
+batch of 16 costs little more than one sample, unlike the convolutions. Servers run as their own processes, as users
+run them; the clients are Triton's Python clients, one per thread. Every cell runs for
+--seconds; rates are requests per second, latencies are per request as the client sees them. Both servers are up
+at once and their cells alternate; the ratio to the peer is the median of PEER_PAIRS back-to-back pairs (this
+machine's speed drifts by up to 2x over minutes). Writes bench/results/serve.{json,md}.
 """
 from __future__ import annotations
 
@@ -32,6 +35,9 @@ from edgepilot.host import host_info  # noqa: E402
 
 THREADS = 2
 CONCURRENCY = (1, 4, 16)
+DENSE_CLIENTS = (8, 16)
+DENSE_HIDDEN = 2048
+PEER_PAIRS = 3
 PROTOCOLS = ("binary", "json", "grpc")
 PEER_PROTOCOLS = ("json", "grpc")  # MLServer does not take Triton's binary tensor extension in requests
 PEER_RUNTIME = '''
@@ -54,11 +60,28 @@ class OnnxModel(MLModel):
 '''
 
 
-def write_repository(root: Path, model: Path) -> None:
-    for name, cfg in (("plain", {"max_batch": 1}), ("batched", {"max_batch": 16, "max_delay_ms": 2})):
-        (root / name / "1").mkdir(parents=True)
-        (root / name / "1" / "model.onnx").write_bytes(model.read_bytes())
-        (root / name / "config.yaml").write_text(json.dumps({"threads": THREADS, "warmup": 5, **cfg}))
+def export_dense(path: Path) -> Path:
+    """Flatten, then three dense layers: the CNN's input, 10.5 M float32 weights read once per inference."""
+    import torch
+
+    torch.manual_seed(0)
+    nn = torch.nn
+    m = nn.Sequential(nn.Flatten(), nn.Linear(3072, DENSE_HIDDEN), nn.ReLU(), nn.Linear(DENSE_HIDDEN, DENSE_HIDDEN),
+                      nn.ReLU(), nn.Linear(DENSE_HIDDEN, 10)).eval()
+    torch.onnx.export(m, (torch.from_numpy(sample("cnn", batch=1)),), str(path), input_names=["input"],
+                      output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+                      dynamo=False, opset_version=17)
+    return path
+
+
+def write_repository(root: Path, models: dict[str, Path]) -> None:
+    """Per model, "M-plain" (no batching) and "M-batched" (up to 16 samples, 2 ms window)."""
+    for kind, model in models.items():
+        for mode, cfg in (("plain", {"max_batch": 1}), ("batched", {"max_batch": 16, "max_delay_ms": 2})):
+            folder = root / f"{kind}-{mode}"
+            (folder / "1").mkdir(parents=True)
+            (folder / "1" / "model.onnx").write_bytes(model.read_bytes())
+            (folder / "config.yaml").write_text(json.dumps({"threads": THREADS, "warmup": 5, **cfg}))
 
 
 def wait_ready(url: str, proc: subprocess.Popen, what: str, timeout_s: float = 120) -> None:
@@ -124,7 +147,11 @@ def client_call(protocol: str, http: int, grpc: int, model: str, x: np.ndarray):
     return lambda: client.infer(model, [inp], outputs=out).as_numpy("output")
 
 
-def load(protocol: str, http: int, grpc: int, model: str, concurrency: int, seconds: float) -> dict:
+def load(protocol: str, http: int, grpc: int, model: str, concurrency: int, seconds: float,
+         server_pid: int | None = None) -> dict:
+    """`concurrency` clients calling for `seconds`; with server_pid, also that server's CPU per request."""
+    import psutil
+
     x = sample("cnn", batch=1)
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
     start = threading.Barrier(concurrency + 1)
@@ -147,12 +174,18 @@ def load(protocol: str, http: int, grpc: int, model: str, concurrency: int, seco
     start.wait()
     t_start = time.perf_counter()
     stop_at[0] = t_start + seconds
+    server = psutil.Process(server_pid) if server_pid else None
+    cpu0 = sum(server.cpu_times()[:2]) if server else 0.0
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - t_start
+    cpu = sum(server.cpu_times()[:2]) - cpu0 if server else None
     lat = np.concatenate([np.asarray(v) for v in latencies]) * 1e3
-    return {"requests": int(lat.size), "rps": round(lat.size / elapsed, 1),
-            "p50_ms": round(float(np.percentile(lat, 50)), 3), "p99_ms": round(float(np.percentile(lat, 99)), 3)}
+    out = {"requests": int(lat.size), "rps": round(lat.size / elapsed, 1),
+           "p50_ms": round(float(np.percentile(lat, 50)), 3), "p99_ms": round(float(np.percentile(lat, 99)), 3)}
+    if cpu is not None:
+        out["server_cpu_ms"] = round(cpu * 1e3 / lat.size, 3)  # per request
+    return out
 
 
 def raw_rate(model: Path, seconds: float) -> dict:
@@ -184,35 +217,41 @@ def main() -> None:
     args = ap.parse_args()
     host = host_info()
     out: dict = {"host": {"cpu": host.cpu_model, "cores": host.logical_cores, "isa": host.instruction_sets},
-                 "threads": THREADS, "seconds": args.seconds, "model": "tests' tiny CNN, "
-                 "[1, 3, 32, 32] float32", "cells": []}
+                 "threads": THREADS, "seconds": args.seconds, "models": {
+                     "cnn": "tests' tiny CNN, [1, 3, 32, 32] float32",
+                     "dense": f"3072-{DENSE_HIDDEN}-{DENSE_HIDDEN}-10 dense layers, same input"},
+                 "cells": [], "pairs": []}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        model = export_onnx("cnn", work / "cnn.onnx")
-        write_repository(work / "models", model)
-        out["raw"] = raw_rate(model, args.seconds)
-        proc, http, grpc = start_edgepilot(work / "models")
+        models = {"cnn": export_onnx("cnn", work / "cnn.onnx"), "dense": export_dense(work / "dense.onnx")}
+        write_repository(work / "models", models)
+        out["raw"] = {kind: raw_rate(model, args.seconds) for kind, model in models.items()}
+        runs = [("cnn", protocol, c) for protocol in PROTOCOLS for c in CONCURRENCY]
+        runs += [("dense", "binary", c) for c in DENSE_CLIENTS]
+        servers = [start_edgepilot(work / "models")]
+        if args.peer_python:  # both up at once (idle, neither takes CPU): their cells alternate, side by side
+            servers.append(start_peer(args.peer_python, work, models["cnn"]))
         try:
-            for protocol in PROTOCOLS:
-                for name in ("plain", "batched"):
-                    for c in CONCURRENCY:
-                        cell = {"server": "edgepilot", "protocol": protocol, "batching": name == "batched",
-                                "clients": c, **load(protocol, http, grpc, name, c, args.seconds)}
-                        out["cells"].append(cell)
-                        print(json.dumps(cell), flush=True)
+            for kind, protocol, c in runs:
+                for mode in ("plain", "batched"):
+                    record(out["cells"], {"server": "edgepilot", "model": kind, "protocol": protocol,
+                                          "batching": mode == "batched", "clients": c},
+                           protocol, servers[0], f"{kind}-{mode}", c, args.seconds)
+                if len(servers) > 1 and kind == "cnn" and protocol in PEER_PROTOCOLS:
+                    record(out["cells"], {"server": "mlserver", "model": "cnn", "protocol": protocol,
+                                          "batching": False, "clients": c}, protocol, servers[1], "peer", c,
+                           args.seconds)
+            for protocol in PEER_PROTOCOLS if len(servers) > 1 else ():
+                for _ in range(PEER_PAIRS):  # the ratio the target reads: one pair after another, 4 clients
+                    pair = {"protocol": protocol}
+                    for name, (proc, http, grpc), model in (("edgepilot", servers[0], "cnn-plain"),
+                                                            ("mlserver", servers[1], "peer")):
+                        cell = load(protocol, http, grpc, model, 4, args.seconds, proc.pid)
+                        pair[name], pair[f"{name}_cpu_ms"] = cell["rps"], cell["server_cpu_ms"]
+                    out["pairs"].append(pair)
+                    print(json.dumps(pair), flush=True)
         finally:
-            proc.terminate()
-            proc.wait(30)
-        if args.peer_python:
-            proc, http, grpc = start_peer(args.peer_python, work, model)
-            try:
-                for protocol in PEER_PROTOCOLS:
-                    for c in CONCURRENCY:
-                        cell = {"server": "mlserver", "protocol": protocol, "batching": False, "clients": c,
-                                **load(protocol, http, grpc, "peer", c, args.seconds)}
-                        out["cells"].append(cell)
-                        print(json.dumps(cell), flush=True)
-            finally:
+            for proc, _, _ in servers:
                 proc.terminate()
                 proc.wait(30)
     out["targets"] = targets(out)
@@ -222,28 +261,37 @@ def main() -> None:
     print(markdown(out))
 
 
-def _cell(out: dict, server: str, protocol: str, batching: bool, clients: int) -> dict | None:
-    return next((c for c in out["cells"] if (c["server"], c["protocol"], c["batching"], c["clients"])
-                 == (server, protocol, batching, clients)), None)
+def record(cells: list, cell: dict, protocol: str, server: tuple, model: str, clients: int, seconds: float) -> None:
+    proc, http, grpc = server
+    cell.update(load(protocol, http, grpc, model, clients, seconds, proc.pid))
+    cells.append(cell)
+    print(json.dumps(cell), flush=True)
+
+
+def _cell(out: dict, server: str, protocol: str, batching: bool, clients: int, model: str = "cnn") -> dict | None:
+    return next((c for c in out["cells"] if (c["server"], c["model"], c["protocol"], c["batching"], c["clients"])
+                 == (server, model, protocol, batching, clients)), None)
 
 
 def targets(out: dict) -> list[dict]:
-    raw = out["raw"]
+    raw = out["raw"]["cnn"]
     b1, b4 = _cell(out, "edgepilot", "binary", False, 1), _cell(out, "edgepilot", "binary", False, 4)
     j4 = _cell(out, "edgepilot", "json", False, 4)
-    plain16, batched16 = _cell(out, "edgepilot", "binary", False, 16), _cell(out, "edgepilot", "binary", True, 16)
     rows = [
         ("binary, 1 client: p50 added over raw (ms)", b1["p50_ms"] - raw["p50_ms"], "<= 0.5", lambda v: v <= 0.5),
         ("binary, 4 clients: rate / raw rate", b4["rps"] / raw["rps"], ">= 0.90", lambda v: v >= 0.9),
         ("JSON, 4 clients: rate / raw rate", j4["rps"] / raw["rps"], ">= 0.60", lambda v: v >= 0.6),
-        ("binary, 16 clients: batched / unbatched rate", batched16["rps"] / plain16["rps"], ">= 2.0",
-         lambda v: v >= 2.0),
     ]
-    for protocol in PEER_PROTOCOLS:  # like for like, without batching
-        peer, ours = _cell(out, "mlserver", protocol, False, 4), _cell(out, "edgepilot", protocol, False, 4)
-        if peer is not None:
-            rows.append((f"{protocol}, 4 clients: edgepilot / MLServer rate", ours["rps"] / peer["rps"], ">= 1.3",
-                         lambda v: v >= 1.3))
+    for model, clients in (("cnn", 16), ("dense", 8), ("dense", 16)):
+        plain = _cell(out, "edgepilot", "binary", False, clients, model)
+        batched = _cell(out, "edgepilot", "binary", True, clients, model)
+        rows.append((f"{model}, binary, {clients} clients: batched / unbatched rate", batched["rps"] / plain["rps"],
+                     ">= 2.0", lambda v: v >= 2.0))
+    for protocol in PEER_PROTOCOLS:  # like for like, without batching: the median of the side-by-side pairs
+        ratios = [p["edgepilot"] / p["mlserver"] for p in out["pairs"] if p["protocol"] == protocol]
+        if ratios:
+            rows.append((f"{protocol}, 4 clients: edgepilot / MLServer rate (median of {len(ratios)} pairs)",
+                         float(np.median(ratios)), ">= 1.3", lambda v: v >= 1.3))
     return [{"what": w, "value": round(v, 3), "target": t, "met": ok(v)} for w, v, t, ok in rows]
 
 
@@ -251,12 +299,20 @@ def markdown(out: dict) -> str:
     h = out["host"]
     lines = [f"# bench/serve.py — {h['cpu']}, {h['cores']} cores ({', '.join(h['isa'])}); "
              f"model threads {out['threads']}; {out['seconds']:g} s per cell", "",
-             f"Raw in-process onnxruntime: {out['raw']['rps']} calls/s, p50 {out['raw']['p50_ms']} ms.", "",
-             "| server | protocol | batching | clients | req/s | p50 ms | p99 ms | vs raw rate |",
-             "|---|---|---|---|---|---|---|---|"]
+             *(f"- Raw in-process onnxruntime, {kind} ({out['models'][kind]}): {raw['rps']} calls/s, "
+               f"p50 {raw['p50_ms']} ms." for kind, raw in out["raw"].items()), "",
+             "| server | model | protocol | batching | clients | req/s | p50 ms | p99 ms | vs raw rate "
+             "| server CPU ms/req |", "|---|---|---|---|---|---|---|---|---|---|"]
     for c in out["cells"]:
-        lines.append(f"| {c['server']} | {c['protocol']} | {'on' if c['batching'] else 'off'} | {c['clients']} | "
-                     f"{c['rps']} | {c['p50_ms']} | {c['p99_ms']} | {c['rps'] / out['raw']['rps']:.2f} |")
+        lines.append(f"| {c['server']} | {c['model']} | {c['protocol']} | {'on' if c['batching'] else 'off'} | "
+                     f"{c['clients']} | {c['rps']} | {c['p50_ms']} | {c['p99_ms']} | "
+                     f"{c['rps'] / out['raw'][c['model']]['rps']:.2f} | {c['server_cpu_ms']} |")
+    if out["pairs"]:
+        lines += ["", "Side by side, 4 clients, no batching, one after the other:", "",
+                  "| protocol | edgepilot req/s | MLServer req/s | ratio | server CPU ms/req: edgepilot, MLServer |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {p['protocol']} | {p['edgepilot']} | {p['mlserver']} | {p['edgepilot'] / p['mlserver']:.2f} | "
+                  f"{p['edgepilot_cpu_ms']}, {p['mlserver_cpu_ms']} |" for p in out["pairs"]]
     lines += ["", "| target | value | wanted | met |", "|---|---|---|---|"]
     lines += [f"| {t['what']} | {t['value']} | {t['target']} | {'yes' if t['met'] else 'no'} |"
               for t in out["targets"]]
