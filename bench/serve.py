@@ -36,7 +36,6 @@ from edgepilot.host import host_info  # noqa: E402
 THREADS = 2
 CONCURRENCY = (1, 4, 16)
 DENSE_CLIENTS = (8, 16)
-DENSE_HIDDEN = 2048
 PEER_PAIRS = 3
 PROTOCOLS = ("binary", "json", "grpc")
 PEER_PROTOCOLS = ("json", "grpc")  # MLServer does not take Triton's binary tensor extension in requests
@@ -58,20 +57,6 @@ class OnnxModel(MLModel):
         y = self.session.run(None, {"input": x})[0]
         return InferenceResponse(model_name=self.name, outputs=[NumpyCodec.encode_output("output", y)])
 '''
-
-
-def export_dense(path: Path) -> Path:
-    """Flatten, then three dense layers: the CNN's input, 10.5 M float32 weights read once per inference."""
-    import torch
-
-    torch.manual_seed(0)
-    nn = torch.nn
-    m = nn.Sequential(nn.Flatten(), nn.Linear(3072, DENSE_HIDDEN), nn.ReLU(), nn.Linear(DENSE_HIDDEN, DENSE_HIDDEN),
-                      nn.ReLU(), nn.Linear(DENSE_HIDDEN, 10)).eval()
-    torch.onnx.export(m, (torch.from_numpy(sample("cnn", batch=1)),), str(path), input_names=["input"],
-                      output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-                      dynamo=False, opset_version=17)
-    return path
 
 
 def write_repository(root: Path, models: dict[str, Path]) -> None:
@@ -219,11 +204,11 @@ def main() -> None:
     out: dict = {"host": {"cpu": host.cpu_model, "cores": host.logical_cores, "isa": host.instruction_sets},
                  "threads": THREADS, "seconds": args.seconds, "models": {
                      "cnn": "tests' tiny CNN, [1, 3, 32, 32] float32",
-                     "dense": f"3072-{DENSE_HIDDEN}-{DENSE_HIDDEN}-10 dense layers, same input"},
+                     "dense": "3072-2048-2048-10 dense layers, same input"},
                  "cells": [], "pairs": []}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        models = {"cnn": export_onnx("cnn", work / "cnn.onnx"), "dense": export_dense(work / "dense.onnx")}
+        models = {"cnn": export_onnx("cnn", work / "cnn.onnx"), "dense": export_onnx("dense", work / "dense.onnx")}
         write_repository(work / "models", models)
         out["raw"] = {kind: raw_rate(model, args.seconds) for kind, model in models.items()}
         runs = [("cnn", protocol, c) for protocol in PROTOCOLS for c in CONCURRENCY]
@@ -236,11 +221,10 @@ def main() -> None:
                 for mode in ("plain", "batched"):
                     record(out["cells"], {"server": "edgepilot", "model": kind, "protocol": protocol,
                                           "batching": mode == "batched", "clients": c},
-                           protocol, servers[0], f"{kind}-{mode}", c, args.seconds)
+                           servers[0], f"{kind}-{mode}", args.seconds)
                 if len(servers) > 1 and kind == "cnn" and protocol in PEER_PROTOCOLS:
                     record(out["cells"], {"server": "mlserver", "model": "cnn", "protocol": protocol,
-                                          "batching": False, "clients": c}, protocol, servers[1], "peer", c,
-                           args.seconds)
+                                          "batching": False, "clients": c}, servers[1], "peer", args.seconds)
             for protocol in PEER_PROTOCOLS if len(servers) > 1 else ():
                 for _ in range(PEER_PAIRS):  # the ratio the target reads: one pair after another, 4 clients
                     pair = {"protocol": protocol}
@@ -261,9 +245,10 @@ def main() -> None:
     print(markdown(out))
 
 
-def record(cells: list, cell: dict, protocol: str, server: tuple, model: str, clients: int, seconds: float) -> None:
+def record(cells: list, cell: dict, server: tuple, model: str, seconds: float) -> None:
+    """Measure the cell (its protocol and clients) against `model` on `server` (proc, http port, gRPC port)."""
     proc, http, grpc = server
-    cell.update(load(protocol, http, grpc, model, clients, seconds, proc.pid))
+    cell.update(load(cell["protocol"], http, grpc, model, cell["clients"], seconds, proc.pid))
     cells.append(cell)
     print(json.dumps(cell), flush=True)
 

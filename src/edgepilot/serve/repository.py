@@ -50,7 +50,7 @@ class ServedModelConfig(BaseModel):
                                                                  "which the server's event loop shares")
     inline: bool | Literal["auto"] = Field("auto", description="run one-sample requests on the event loop, not on "
                                                               "a worker thread (max_batch 1, one instance); auto: "
-                                                              "when an inference takes under 0.25 ms")
+                                                              "fixed-size inputs and an inference under 0.25 ms")
 
 
 @dataclass
