@@ -4,7 +4,9 @@ The decoder rate is what one source thread does alone (read the video, quality c
 is what the inference workers do alone (session.run on already-preprocessed tensors, same engine and threads); the
 pipeline runs both concurrently, plus post-processing, rules and a JSONL sink. The three are measured in
 alternating rounds in one process, so machine noise hits them alike, and the medians are compared.
-Two detectors: BlazeFace short-range (128 px, decoder-bound here) and BlazeFace back (256 px, heavier).
+Three cases: BlazeFace short-range (128 px) on the 640x480 demo video, where the two stages run at about the same
+rate; the same model on the video upscaled to 1280x960, where decoding is the slower stage; BlazeFace back (256 px)
+on the 640x480 video, where the model is.
 
 CPU is CPU time (getrusage, and /proc for the decoder process), never 1/fps: FFmpeg decodes on threads of its own,
 so the decoder's wall time understates its CPU. The pipeline's CPU per frame is taken in its steady state, between
@@ -41,7 +43,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ROUNDS = 5
 FRAMES = 420  # the 105-frame video, looped four times: start-up is then a small part of each run
 WINDOW = 50  # the steady-state CPU is measured from this result to this many before the last
-MODELS = ("blazeface-short-range", "blazeface-back")
+CASES = (("blazeface-short-range", (640, 480)), ("blazeface-short-range", (1280, 960)), ("blazeface-back", (640, 480)))
+MODELS = tuple(dict.fromkeys(model for model, _ in CASES))
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -183,6 +186,20 @@ def pipeline_rate(cfg: PipelineConfig) -> tuple[float, dict, dict]:
     return summary["fps_after_first"], {"steady": steady, "whole": whole, "start_s": start}, summary
 
 
+def upscaled(video: Path, size: tuple[int, int]) -> Path:
+    """The video at a camera's resolution (bicubic, same codec and frame rate): decoding then costs more."""
+    import cv2
+
+    out = video.with_name(f"{video.stem}-{size[0]}x{size[1]}{video.suffix}")
+    cap = cv2.VideoCapture(str(video))
+    writer = cv2.VideoWriter(str(out), cv2.VideoWriter.fourcc(*"mp4v"), cap.get(cv2.CAP_PROP_FPS), size)
+    while (frame := cap.read()[1]) is not None:
+        writer.write(cv2.resize(frame, size, interpolation=cv2.INTER_CUBIC))
+    writer.release()
+    cap.release()
+    return out
+
+
 def measure(tmp: Path, video: Path, model: str) -> dict:
     cfg = config(tmp, video, model)
     probe = Pipeline(cfg)  # the same thread plan, model and preprocessing the pipeline uses
@@ -218,7 +235,12 @@ def measure(tmp: Path, video: Path, model: str) -> dict:
     def med(runs: list[dict], key: str) -> float:
         return round(statistics.median(r[key] for r in runs), 2)
 
-    return {"model": model, "frames": len(tensors), "model_threads": threads, "rounds": ROUNDS,
+    import cv2
+
+    cap = cv2.VideoCapture(str(video))
+    size = f"{int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))}x{int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))}"
+    cap.release()
+    return {"model": model, "video": size, "frames": len(tensors), "model_threads": threads, "rounds": ROUNDS,
             "decoder_fps": round(d, 1), "model_fps": round(m, 1), "pipeline_fps": round(p, 1),
             "ceiling_fps": round(ceiling, 1), "ratio": round(p / ceiling, 3),
             "decoder_fps_beside_model": round(d2, 1), "model_fps_beside_decoder": round(m2, 1),
@@ -252,9 +274,10 @@ def main() -> None:
         tmp = Path(tmp)
         video = tmp / "faces.mp4"
         make_face_video(video)
-        results = [measure(tmp, video, m) for m in args.models]
+        results = [measure(tmp, video if size == (640, 480) else upscaled(video, size), model)
+                   for model, size in CASES if model in args.models]
     load = [round(load_before, 2), round(os.getloadavg()[0], 2)]
-    payload = {"host": host_info(), "video": f"demo faces video, 640x480, 105 frames looped to {FRAMES}",
+    payload = {"host": host_info(), "video": f"demo faces video, 640x480 (and upscaled), 105 frames looped to {FRAMES}",
                "load_average_1min_start_end": load, "results": results}
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
@@ -270,13 +293,13 @@ def main() -> None:
              "writes a JSON line per frame (the output column: those alone). The pipeline's CPU is its steady "
              f"state (from its {WINDOW}th result to its {WINDOW}th from last); the whole run with the start-up "
              "(a decoder process starts an interpreter) and the start-up's CPU seconds follow it.", "",
-             "| model | decoder fps | model fps | min | pipeline fps (thread) | pipeline / min | side by side: "
+             "| model | video | decoder fps | model fps | min | pipeline fps (thread) | pipeline / min | side by side: "
              "decoder, model fps | pipeline / side-by-side min | CPU ms/frame: decoder + model alone = sum, "
              "output alone | CPU ms/frame pipeline, steady (thread) | whole run (thread); start-up CPU s "
              "| end-to-end p50 / p99 ms |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
-        lines.append(f"| {r['model']} | {r['decoder_fps']} | {r['model_fps']} | {r['ceiling_fps']} | "
+        lines.append(f"| {r['model']} | {r['video']} | {r['decoder_fps']} | {r['model_fps']} | {r['ceiling_fps']} | "
                      f"{r['pipeline_fps']} ({r['pipeline_fps_decode_thread']}) | {r['ratio'] * 100:.1f} % | "
                      f"{r['decoder_fps_beside_model']}, {r['model_fps_beside_decoder']} | "
                      f"{r['ratio_to_side_by_side'] * 100:.1f} % | {r['cpu_ms_per_frame_decoder_alone']} + "
