@@ -200,7 +200,7 @@ def upscaled(video: Path, size: tuple[int, int]) -> Path:
     return out
 
 
-def measure(tmp: Path, video: Path, model: str) -> dict:
+def measure(tmp: Path, video: Path, size: tuple[int, int], model: str) -> dict:
     cfg = config(tmp, video, model)
     probe = Pipeline(cfg)  # the same thread plan, model and preprocessing the pipeline uses
     threads, pre = probe.plan.model_threads, probe.preprocess
@@ -235,12 +235,8 @@ def measure(tmp: Path, video: Path, model: str) -> dict:
     def med(runs: list[dict], key: str) -> float:
         return round(statistics.median(r[key] for r in runs), 2)
 
-    import cv2
-
-    cap = cv2.VideoCapture(str(video))
-    size = f"{int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))}x{int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))}"
-    cap.release()
-    return {"model": model, "video": size, "frames": len(tensors), "model_threads": threads, "rounds": ROUNDS,
+    return {"model": model, "video": f"{size[0]}x{size[1]}", "frames": len(tensors), "model_threads": threads,
+            "rounds": ROUNDS,
             "decoder_fps": round(d, 1), "model_fps": round(m, 1), "pipeline_fps": round(p, 1),
             "ceiling_fps": round(ceiling, 1), "ratio": round(p / ceiling, 3),
             "decoder_fps_beside_model": round(d2, 1), "model_fps_beside_decoder": round(m2, 1),
@@ -274,7 +270,7 @@ def main() -> None:
         tmp = Path(tmp)
         video = tmp / "faces.mp4"
         make_face_video(video)
-        results = [measure(tmp, video if size == (640, 480) else upscaled(video, size), model)
+        results = [measure(tmp, video if size == (640, 480) else upscaled(video, size), size, model)
                    for model, size in CASES if model in args.models]
     load = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     payload = {"host": host_info(), "video": f"demo faces video, 640x480 (and upscaled), 105 frames looped to {FRAMES}",
