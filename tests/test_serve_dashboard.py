@@ -57,6 +57,9 @@ def test_the_dashboard_shows_live_boxes_charts_models_and_alerts(tmp_path, blaze
         browser.wait_for("window.dashboard && dashboard.boxesDrawn > 0 && dashboard.resultsReceived > 0", 90)
         browser.wait_for("dashboard.events.some(e => e.rule === 'face-at-door' && e.state === 'raised')", 90)
         browser.wait_for("dashboard.history.fps.filter(v => v > 0).length >= 2", 30)
+        # the numbers shown are the latest poll's, and a poll may lack a reading: wait for both to show one
+        browser.wait_for("['v-fps', 'v-cpu'].every(id => !isNaN(parseFloat(document.getElementById(id).textContent)))",
+                         30)
         page = browser.evaluate("""({
             fps: document.getElementById('v-fps').textContent,
             cpu: document.getElementById('v-cpu').textContent,
