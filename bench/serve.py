@@ -60,9 +60,9 @@ class OnnxModel(MLModel):
 
 
 def write_repository(root: Path, models: dict[str, Path]) -> None:
-    """Per model, "M-plain" (no batching) and "M-batched" (up to 16 samples, 2 ms window)."""
+    """Per model, "M-plain" (no batching) and "M-batched" (up to 16 samples, the server's default window)."""
     for kind, model in models.items():
-        for mode, cfg in (("plain", {"max_batch": 1}), ("batched", {"max_batch": 16, "max_delay_ms": 2})):
+        for mode, cfg in (("plain", {"max_batch": 1}), ("batched", {"max_batch": 16})):
             folder = root / f"{kind}-{mode}"
             (folder / "1").mkdir(parents=True)
             (folder / "1" / "model.onnx").write_bytes(model.read_bytes())
