@@ -2,8 +2,28 @@
 from __future__ import annotations
 
 import json
+import threading
+from contextlib import contextmanager
 
 from test_cli import edgepilot
+
+
+@contextmanager
+def busy_core():
+    """A thread spinning on one core while the block runs."""
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            pass
+
+    spinner = threading.Thread(target=spin, daemon=True)
+    spinner.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        spinner.join()
 
 
 def test_live_table_shows_real_values_and_honest_sources(tmp_path):
@@ -31,7 +51,8 @@ def test_json_lines(tmp_path):
 
 def test_report_export_and_sources(tmp_path):
     db = tmp_path / "m.db"
-    edgepilot("monitor", "--duration", "1", "--interval", "0.5", "--db", str(db))
+    with busy_core():  # an idle fast machine can read 0 % (no busy jiffy in a window): give the CPU panel a load
+        edgepilot("monitor", "--duration", "1", "--interval", "0.5", "--db", str(db))
     png = tmp_path / "r.png"
     rep = json.loads(edgepilot("monitor", "report", "--db", str(db), "--out", str(png), "--cpu", "0.001",
                                "--json").stdout)

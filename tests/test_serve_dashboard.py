@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 
 import httpx
 import pytest
@@ -88,7 +89,11 @@ def test_the_dashboard_api_answers_without_a_pipeline_and_refuses_unknown_files(
     linear_onnx(tmp_path / "models" / "linear" / "1" / "model.onnx")
     with serving(tmp_path / "models") as server:
         page = httpx.get(f"{server.url}/dashboard")
-        state = httpx.get(f"{server.url}/dashboard/api/state").json()
+        for _ in range(50):  # a CPU percentage needs a window of time after the monitor starts
+            state = httpx.get(f"{server.url}/dashboard/api/state").json()
+            if any(r["metric"] == "cpu_percent" for r in state["system"]["readings"]):
+                break
+            time.sleep(0.1)
         frame = httpx.get(f"{server.url}/dashboard/api/frame", params={"source": "nope"})
         missing = httpx.get(f"{server.url}/dashboard/static/../app.py")
         other = httpx.get(f"{server.url}/dashboard/static/secret.txt")

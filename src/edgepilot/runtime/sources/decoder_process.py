@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from multiprocessing import shared_memory
+from multiprocessing import resource_tracker, shared_memory
 from multiprocessing.connection import Listener
 from typing import Any
 
@@ -196,6 +196,9 @@ class ProcessSource(Source):
         frame_shape, tensor_shape, tensor_dtype = layout
         slot_bytes = nbytes(frame_shape, np.uint8) + (nbytes(tensor_shape, tensor_dtype) if tensor_shape else 0)
         name = f"edgepilot-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        # The resource tracker removes the segment if this process is killed; started first, since starting it
+        # (a new interpreter) inside SharedMemory, between creating and registering, leaves a kill window open
+        resource_tracker.ensure_running()
         self._ring = shared_memory.SharedMemory(name=name, create=True, size=max(1, slot_bytes * self.slots))
         self._layout = (frame_shape, tensor_shape, tensor_dtype, slot_bytes)
 
@@ -275,8 +278,6 @@ class ProcessSource(Source):
         try:
             ring.unlink()
         except FileNotFoundError:  # gone already: only the resource tracker still holds it (it would warn at exit)
-            from multiprocessing import resource_tracker
-
             resource_tracker.unregister(ring._name, "shared_memory")
 
 
