@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from edgepilot.assets import asset
-from edgepilot.demos.faces import make_face_video, pipeline_config
+from edgepilot.demos.faces import SIZE, make_face_video, pipeline_config
 from edgepilot.engines import open_session
 from edgepilot.host import host_info
 from edgepilot.runtime.item import Item
@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ROUNDS = 5
 FRAMES = 420  # the 105-frame video, looped four times: start-up is then a small part of each run
 WINDOW = 50  # the steady-state CPU is measured from this result to this many before the last
-CASES = (("blazeface-short-range", (640, 480)), ("blazeface-short-range", (1280, 960)), ("blazeface-back", (640, 480)))
+CASES = (("blazeface-short-range", SIZE), ("blazeface-short-range", (1280, 960)), ("blazeface-back", SIZE))
 MODELS = tuple(dict.fromkeys(model for model, _ in CASES))
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -270,7 +270,7 @@ def main() -> None:
         tmp = Path(tmp)
         video = tmp / "faces.mp4"
         make_face_video(video)
-        results = [measure(tmp, video if size == (640, 480) else upscaled(video, size), size, model)
+        results = [measure(tmp, video if size == SIZE else upscaled(video, size), size, model)
                    for model, size in CASES if model in args.models]
     load = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     payload = {"host": host_info(), "video": f"demo faces video, 640x480 (and upscaled), 105 frames looped to {FRAMES}",
