@@ -54,12 +54,16 @@ class QualityChecker:
         """The small gray copy and its mean, std and Laplacian variance."""
         cv2 = require("cv2", "vision")  # here, not at start: a sensor pipeline needs no OpenCV
         gray = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        # Halved while twice the work width or more: INTER_AREA's exact 2x path is several times cheaper than one
+        # large shrink (0.24 vs 0.50 ms for the whole measure of a 1280x960 frame) and averages the same pixels
+        while gray.shape[1] >= 2 * WORK_WIDTH:
+            gray = cv2.resize(gray, (gray.shape[1] // 2, gray.shape[0] // 2), interpolation=cv2.INTER_AREA)
         h, w = gray.shape[:2]
         if w > WORK_WIDTH:
             gray = cv2.resize(gray, (WORK_WIDTH, max(1, round(h * WORK_WIDTH / w))), interpolation=cv2.INTER_AREA)
         mean, std = cv2.meanStdDev(gray)
-        lap = cv2.Laplacian(gray, cv2.CV_32F)
-        return gray, {"mean": float(mean[0, 0]), "std": float(std[0, 0]), "blur_var": float(lap.var())}
+        _, lap_std = cv2.meanStdDev(cv2.Laplacian(gray, cv2.CV_32F))
+        return gray, {"mean": float(mean[0, 0]), "std": float(std[0, 0]), "blur_var": float(lap_std[0, 0]) ** 2}
 
     def process(self, item: Item) -> Item | None:
         if not self.cfg.enabled or item.frame is None:
@@ -77,7 +81,8 @@ class QualityChecker:
             prev = self._last.get(item.source)
             run = 0
             if prev is not None and prev[0].shape == gray.shape:
-                diff = float(require("cv2", "vision").absdiff(gray, prev[0]).mean())
+                cv2 = require("cv2", "vision")
+                diff = cv2.mean(cv2.absdiff(gray, prev[0]))[0]
                 metrics["diff"] = diff
                 run = prev[1] + 1 if diff < cfg.frozen_diff else 0
             self._last[item.source] = (gray, run)
@@ -109,3 +114,15 @@ class QualityChecker:
         with self._lock:
             return {"checked": self._checked, "flagged": dict(self._flagged), "skipped": dict(self._skipped),
                     "skipped_items": self._skipped_items}
+
+
+def combined_stats(*stats: dict | None) -> dict[str, object]:
+    """Several checkers' stats() added up (the pipeline's own and those of its decoder processes)."""
+    out = {"checked": 0, "flagged": dict.fromkeys(FLAGS, 0), "skipped": dict.fromkeys(FLAGS, 0), "skipped_items": 0}
+    for s in filter(None, stats):
+        out["checked"] += s["checked"]
+        out["skipped_items"] += s["skipped_items"]
+        for key in ("flagged", "skipped"):
+            for flag, n in s[key].items():
+                out[key][flag] += n
+    return out
