@@ -123,6 +123,19 @@ def test_video_start_and_stride(tmp_path, photos):
     assert [which_photo(i.frame, photos) for i in items] == [1, 3, 5]
 
 
+def test_video_decodes_into_the_buffer_it_is_given(tmp_path, photos):
+    """The decoder process hands a shared-memory slot per frame; a buffer that does not fit gets a new array."""
+    video = make_video(tmp_path / "clip.avi", photos[:3])
+    expected = [i.frame for i in open_source(VideoSourceConfig(path=str(video)))]
+    buffers = [np.zeros((H, W, 3), np.uint8), np.zeros((H, W, 3), np.uint8), np.zeros((H // 2, W, 3), np.uint8)]
+    given = iter(buffers)
+    src = open_source(VideoSourceConfig(path=str(video)))
+    src.frame_buffer = lambda: next(given, None)
+    items = list(src)
+    assert [i.frame is b for i, b in zip(items, buffers)] == [True, True, False]
+    assert all(np.array_equal(i.frame, e) for i, e in zip(items, expected))
+
+
 def test_video_loop_runs_until_stop(tmp_path, photos):
     video = make_video(tmp_path / "clip.avi", photos[:3])
     drain = Drain(open_source(VideoSourceConfig(path=str(video), loop=True)))

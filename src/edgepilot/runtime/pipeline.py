@@ -22,7 +22,7 @@ from edgepilot.runtime.model_watch import ModelWatch, serve_model
 from edgepilot.runtime.pipeline_config import PipelineConfig, ServerConfig, load_pipeline_config
 from edgepilot.runtime.positions import Positions
 from edgepilot.runtime.preprocess import Preprocessor
-from edgepilot.runtime.quality import QualityChecker
+from edgepilot.runtime.quality import QualityChecker, combined_stats
 from edgepilot.runtime.rules import RuleEngine
 from edgepilot.runtime.scheduler import Scheduler, limit_library_threads, plan_threads
 from edgepilot.runtime.sinks import WebhookSink, WebhookSinkConfig, open_sink
@@ -94,7 +94,8 @@ class Pipeline:
         self.sources = [open_source(s) for s in cfg.sources]
         for source in self.sources:
             if hasattr(source, "attach") and not self.preprocess.vector:  # decode: process checks and preprocesses
-                source.attach(Stages(cfg.quality, cfg.preprocess, self.model.inputs[0]))
+                source.attach(Stages(cfg.quality, cfg.preprocess, self.model.inputs[0]),
+                              lambda n, sid=source.id: self.stats.count("skipped_quality", sid, n))
         ids = [s.id for s in self.sources]
         if len(set(ids)) != len(ids):
             raise ConfigError(f"sources need distinct ids: {ids}")
@@ -236,8 +237,6 @@ class Pipeline:
 
     def _submit(self, item: Item) -> None:
         if item.meta.pop("preprocessed", False):  # checked and preprocessed in the decoder process
-            if n := item.meta.pop("skipped_quality_before", 0):
-                self.stats.count("skipped_quality", item.source, n)
             self.stats.stage("preprocess", item.timings.get("preprocess", 0.0))
             self.scheduler.submit(item)
             return
@@ -336,7 +335,8 @@ class Pipeline:
     def summary(self) -> dict:
         snap = self.snapshot()
         snap["sources_detail"] = {s.id: s.stats() for s in self.sources}
-        snap["quality"] = self.quality.stats()
+        snap["quality"] = combined_stats(self.quality.stats(),
+                                         *(q for s in self.sources for q in getattr(s, "quality_stats", list)()))
         snap["rules"] = self.rules.stats()
         snap["threads"] = {"cores": self.plan.cores, "decode": self.plan.decode_threads,
                            "workers": self.plan.workers, "model_threads": self.plan.model_threads,

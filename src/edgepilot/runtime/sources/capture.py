@@ -157,6 +157,10 @@ class VideoSource(Source):
         finally:
             cap.release()
         self._first = cfg.start  # the first pass starts here; a resumed one later
+        # Where the next frame is decoded: a callable giving an array of the frame's shape (the decoder process
+        # gives a shared-memory slot, saving a copy per frame) or None (a new array); OpenCV allocates a new one
+        # when the given array does not fit
+        self.frame_buffer = lambda: None
 
     def _identity(self) -> dict[str, Any]:
         st = self.path.stat()
@@ -203,7 +207,7 @@ class VideoSource(Source):
                     return False
             index, t0 = first, time.monotonic()
             while not self._stop.is_set():
-                ok, frame = cap.read()
+                ok, frame = cap.read(self.frame_buffer())
                 if not ok:
                     # FFmpeg cannot resync past a damaged tail: a failed read ends the file, early or not
                     if index < self.frame_count:

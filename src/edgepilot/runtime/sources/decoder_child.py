@@ -85,6 +85,18 @@ def _child_main(conn, cfg, stages: Stages | None, resume, ring, slots: int) -> N
 
         free_cond = threading.Condition()
         threading.Thread(target=listen, daemon=True).start()
+        pending: int | None = None  # a slot taken for the next frame, which a video source decodes into
+
+        def frame_buffer() -> np.ndarray | None:
+            nonlocal pending
+            if layout is None:
+                return None
+            if pending is None:
+                pending = _take_slot(free, free_cond, stop, source.live)
+            return None if pending is None else np.ndarray(layout[0], np.uint8, shm.buf, pending * layout[3])
+
+        if hasattr(source, "frame_buffer"):
+            source.frame_buffer = frame_buffer
         skipped = 0
         last_stats = time.monotonic()
         for item in source:
@@ -107,7 +119,8 @@ def _child_main(conn, cfg, stages: Stages | None, resume, ring, slots: int) -> N
                 with free_cond:
                     while shm is None and not stop.is_set():
                         free_cond.wait(0.1)
-            slot = _take_slot(free, free_cond, stop, item.live)
+            slot = pending if pending is not None else _take_slot(free, free_cond, stop, item.live)
+            pending = None
             if stop.is_set():
                 break
             header = {"ts": item.ts, "meta": item.meta, "timings": item.timings,
@@ -118,7 +131,9 @@ def _child_main(conn, cfg, stages: Stages | None, resume, ring, slots: int) -> N
             if slot is not None and _fits(item, layout):
                 frame_shape, tensor_shape, tensor_dtype, slot_bytes = layout
                 base = slot * slot_bytes
-                np.ndarray(frame.shape, np.uint8, shm.buf, base)[...] = frame
+                in_slot = np.ndarray(frame.shape, np.uint8, shm.buf, base)
+                if not np.may_share_memory(frame, in_slot):  # not decoded into the slot (a camera, the first frame)
+                    in_slot[...] = frame
                 header["frame_shape"] = frame.shape
                 if isinstance(tensor, np.ndarray):
                     np.ndarray(tensor_shape, tensor_dtype, shm.buf, base + nbytes(frame_shape, np.uint8))[...] = \
@@ -134,9 +149,10 @@ def _child_main(conn, cfg, stages: Stages | None, resume, ring, slots: int) -> N
                     continue
                 conn.send(("item", (None, header, frame, tensor)))
             if time.monotonic() - last_stats > 1.0:
-                conn.send(("stats", source.stats()))
+                conn.send(("stats", (source.stats(), quality and quality.stats())))
                 last_stats = time.monotonic()
-        conn.send(("end", source.stats()))
+        # with the frames skipped after the last one delivered (a file whose end the quality check drops)
+        conn.send(("end", (source.stats(), quality and quality.stats(), skipped)))
     except EdgepilotError as e:
         _send_quietly(conn, ("error", str(e)))
     except Exception as e:

@@ -68,13 +68,21 @@ class ProcessSource(Source):
         self._conn = None
         self._send_lock = threading.Lock()
         self._child_stats: dict[str, Any] = {}
+        self._quality: list[dict] = []  # the quality checks' stats of the children so far (the last one: running)
+        self._on_skipped = None
         self.decoder_pid: int | None = None
 
-    def attach(self, stages: Stages) -> None:
+    def attach(self, stages: Stages, on_skipped) -> None:
         """The pipeline's quality and preprocessing, to run in the child (items then come with their tensors); the
-        pipeline calls `item.done()` on every item, so its items point into the ring instead of holding copies."""
-        self.stages = stages
+        pipeline calls `item.done()` on every item, so its items point into the ring instead of holding copies.
+        `on_skipped(n)` is called with the frames the child's quality check dropped."""
+        self.stages, self._on_skipped = stages, on_skipped
         self.zero_copy = True
+
+    def quality_stats(self) -> list[dict]:
+        """The stats() of each child's quality checker, for the pipeline to add to its own."""
+        with self._lock:
+            return list(self._quality)
 
     def position(self, item: Item) -> dict[str, Any] | None:
         return self.inner.position(item)
@@ -104,6 +112,8 @@ class ProcessSource(Source):
             while not self._stop.is_set():
                 proc = self._start_child(last_index)
                 self.decoder_pid = proc.pid
+                with self._lock:
+                    self._quality.append(None)  # this child's, until it reports
                 ended = False
                 try:
                     for item in self._receive(proc):
@@ -181,15 +191,17 @@ class ProcessSource(Source):
                 self._send(("ring", (self._ring.name, self._layout, list(range(self.slots)))))
             elif kind == "item":
                 yield self._item_from(*payload)
-            elif kind == "stats":
+            elif kind in ("stats", "end"):
                 with self._lock:
-                    self._child_stats = payload
+                    self._child_stats = payload[0]
+                    if payload[1] is not None:
+                        self._quality[-1:] = [payload[1]]
+                if kind == "end":
+                    if payload[2]:
+                        self._on_skipped(payload[2])
+                    return None
             elif kind == "error":
                 raise EdgepilotError(payload)
-            elif kind == "end":
-                with self._lock:
-                    self._child_stats = payload
-                return None
         return None
 
     def _make_ring(self, layout) -> None:
@@ -212,13 +224,14 @@ class ProcessSource(Source):
         with self._lock:  # numbered here: a restarted child numbers from 0 again
             if slot is not None:
                 self._held.add(slot)
+            self._seq += header.get("skipped_quality", 0)  # frames the check dropped keep their numbers, as in-process
             seq, self._seq = self._seq, self._seq + 1
         item = Item(source=self.id, seq=seq, ts=header["ts"], live=self.live, frame=frame,
                     meta=header["meta"], tensor=tensor, transform=header.get("transform"), error=header.get("error"))
         item.timings.update(header["timings"])
         item.meta["preprocessed"] = self.stages is not None
         if header.get("skipped_quality"):
-            item.meta["skipped_quality_before"] = header["skipped_quality"]
+            self._on_skipped(header["skipped_quality"])
         if slot is not None and self.zero_copy:
             item.release = lambda: self._release(slot)
         elif slot is not None:  # copied out, and the slot goes straight back
