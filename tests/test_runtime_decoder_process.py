@@ -76,6 +76,21 @@ def test_frames_and_results_are_those_of_the_in_process_path(tmp_path, face_vide
     assert segments(os.getpid()) == []
 
 
+def test_decode_threads_auto_follow_the_thread_plan(tmp_path, face_video):
+    from edgepilot.runtime.pipeline import Pipeline, PipelineConfig
+
+    for decode in ("thread", "process"):
+        p = Pipeline(PipelineConfig.model_validate(config(tmp_path, face_video, decode)))
+        try:
+            assert p.sources[0].cfg.decode_threads == p.plan.ffmpeg_threads >= 1
+            assert p.summary()["threads"]["ffmpeg_threads"] == p.plan.ffmpeg_threads
+        finally:
+            p._close_all()
+    p = Pipeline(PipelineConfig.model_validate(config(tmp_path, face_video, "thread", decode_threads=0)))
+    p._close_all()
+    assert p.sources[0].cfg.decode_threads == 0  # said in the YAML: kept
+
+
 def test_a_killed_decoder_is_restarted_and_no_frame_is_lost_or_repeated(tmp_path, face_video):
     from edgepilot.runtime.pipeline import Pipeline, PipelineConfig
 

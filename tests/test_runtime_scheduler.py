@@ -100,9 +100,11 @@ def test_fixed_batch_model_is_padded(tmp_path):
 
 def test_thread_plan_never_oversubscribes():
     p = plan_threads(SchedulerConfig(), decode_threads=1, cores=2)
-    assert (p.workers, p.model_threads) == (1, 1) and not p.notes
+    assert (p.workers, p.model_threads, p.ffmpeg_threads) == (1, 1, 1) and not p.notes
     p = plan_threads(SchedulerConfig(), decode_threads=2, cores=8)
-    assert p.workers * p.model_threads + 2 <= 8 and p.model_threads == 6
+    assert p.workers * p.model_threads + 2 <= 8 and p.model_threads == 6 and p.ffmpeg_threads == 1
+    p = plan_threads(SchedulerConfig(model_threads=2), decode_threads=2, cores=8)  # 4 cores to spare: 2 each
+    assert p.ffmpeg_threads == 3 and "2 decoder(s) x 3 FFmpeg thread(s)" in p.describe()
     p = plan_threads(SchedulerConfig(workers=4, model_threads=4), decode_threads=1, cores=4)
     assert p.workers * p.model_threads <= 3 and p.notes
 

@@ -136,6 +136,24 @@ def test_video_decodes_into_the_buffer_it_is_given(tmp_path, photos):
     assert all(np.array_equal(i.frame, e) for i, e in zip(items, expected))
 
 
+def test_decode_threads_reach_ffmpeg(tmp_path, photos):
+    from edgepilot.runtime.sources.capture import _open_capture
+    from edgepilot.runtime.sources.hwdecode import Decoder
+
+    video = tmp_path / "clip.mp4"  # mp4v: FFmpeg decodes it on frame threads (its MJPEG decoder has none)
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (W, H))
+    for f in photos[:2]:
+        writer.write(f)
+    writer.release()
+    for threads in (1, 3):
+        cap = _open_capture(str(video), Decoder("software", "FFmpeg"), threads=threads)
+        assert cap.get(cv2.CAP_PROP_N_THREADS) == threads
+        cap.release()
+    assert VideoSourceConfig(path=str(video)).decode_threads == "auto"
+    with pytest.raises(ValidationError):
+        VideoSourceConfig(path=str(video), decode_threads=-1)
+
+
 def test_video_loop_runs_until_stop(tmp_path, photos):
     video = make_video(tmp_path / "clip.avi", photos[:3])
     drain = Drain(open_source(VideoSourceConfig(path=str(video), loop=True)))

@@ -91,7 +91,7 @@ class Pipeline:
         self.postprocess = build_postprocessor(cfg.postprocess, self.model.outputs, self.preprocess.input_size)
         self.quality = QualityChecker(cfg.quality)
         self.rules = RuleEngine(cfg.rules, namespace=cfg.name)
-        self.sources = [open_source(s) for s in cfg.sources]
+        self.sources = [open_source(self._planned(s)) for s in cfg.sources]
         for source in self.sources:
             if hasattr(source, "attach") and not self.preprocess.vector:  # decode: process checks and preprocesses
                 source.attach(Stages(cfg.quality, cfg.preprocess, self.model.inputs[0]),
@@ -126,6 +126,12 @@ class Pipeline:
         log.info("pipeline %s: %s on %s, %s (scheduler: in the YAML), %d source(s), loaded in %.2f s", cfg.name,
                  Path(cfg.model.path).name, self.sessions[0].__class__.__name__, self.plan.describe(),
                  len(self.sources), self.load_s)
+
+    def _planned(self, source_cfg):
+        """The source's config with `decode_threads: auto` set to the thread plan's FFmpeg threads."""
+        if getattr(source_cfg, "decode_threads", None) != "auto":
+            return source_cfg
+        return source_cfg.model_copy(update={"decode_threads": self.plan.ffmpeg_threads})
 
     def _open_sinks(self) -> None:
         cfg = self.cfg
@@ -340,7 +346,7 @@ class Pipeline:
         snap["rules"] = self.rules.stats()
         snap["threads"] = {"cores": self.plan.cores, "decode": self.plan.decode_threads,
                            "workers": self.plan.workers, "model_threads": self.plan.model_threads,
-                           "spin_wait": self.plan.spin_wait}
+                           "spin_wait": self.plan.spin_wait, "ffmpeg_threads": self.plan.ffmpeg_threads}
         outbox = next((s.outbox for s in self.sinks if hasattr(s, "outbox")), None)
         if outbox is not None:
             snap["outbox"] = outbox.stats()

@@ -8,7 +8,7 @@ import time
 from abc import abstractmethod
 from collections.abc import Generator, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, field_validator
@@ -37,10 +37,15 @@ class _Decoded(BaseModel):
 
 class _HwDecoded(_Decoded):
     hw_decode: HwDecode = "auto"  # hardware decoder (hwdecode.py): auto tries what the machine has, else software
+    # FFmpeg's decoding threads (software decoding). auto: what the pipeline's thread plan gives (1 when the stages
+    # fill every core), FFmpeg's own choice outside a pipeline; 0: FFmpeg's own choice (one per core)
+    decode_threads: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
 
 
-def _open_capture(target: str, decoder: Decoder, options: dict[str, str] | None = None, params=()):
-    """An opened cv2.VideoCapture of `target` through `decoder`, or None."""
+def _open_capture(target: str, decoder: Decoder, options: dict[str, str] | None = None, params=(),
+                  threads: int | str = "auto"):
+    """An opened cv2.VideoCapture of `target` through `decoder` (FFmpeg with `threads` decoding threads where that
+    is a number above 0), or None."""
     cv2 = _cv2()
     if decoder.gstreamer:
         cap = cv2.VideoCapture(decoder.gstreamer, cv2.CAP_GSTREAMER)
@@ -50,6 +55,8 @@ def _open_capture(target: str, decoder: Decoder, options: dict[str, str] | None 
             options["video_codec"] = decoder.ffmpeg_codec
         if decoder.hw_acceleration:
             params += [cv2.CAP_PROP_HW_ACCELERATION, cv2.VIDEO_ACCELERATION_VAAPI]
+        if isinstance(threads, int) and threads > 0:
+            params += [cv2.CAP_PROP_N_THREADS, threads]
         if not options:
             cap = cv2.VideoCapture(target, cv2.CAP_FFMPEG, params)
         else:
@@ -149,8 +156,8 @@ class VideoSource(Source):
         try:
             if not cap.grab():  # opening only reads the header: a frame proves the codec decodes
                 raise self._unreadable()
-            self.decoder, cap = _choose_decoder(self.id, cfg.hw_decode, str(self.path), cap,
-                                                lambda d: _open_capture(str(self.path), d))
+            self.decoder, cap = _choose_decoder(self.id, cfg.hw_decode, str(self.path), cap, lambda d: _open_capture(
+                str(self.path), d, threads=cfg.decode_threads))
             self._set("decoder", self.decoder.describe())
             self.fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
             self.frame_count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
@@ -185,7 +192,7 @@ class VideoSource(Source):
                           hint="check that the file plays (ffprobe), or re-encode it, e.g. to H.264 or MJPEG")
 
     def _open(self):
-        cap = _open_capture(str(self.path), self.decoder)
+        cap = _open_capture(str(self.path), self.decoder, threads=self.cfg.decode_threads)
         if cap is None:
             raise self._unreadable()
         return cap
@@ -343,7 +350,7 @@ class StreamSource(_CaptureSource):
             options["rtsp_transport"] = "tcp" if self.cfg.rtsp_tcp else "udp"
 
         def open_with(decoder: Decoder):
-            return _open_capture(self.url, decoder, options, params)
+            return _open_capture(self.url, decoder, options, params, self.cfg.decode_threads)
 
         if self.decoder is not None:
             return open_with(self.decoder)
