@@ -2,8 +2,9 @@
 
 The decoder rate is what one source thread does alone (read the video, quality checks, preprocess); the model rate
 is what the inference workers do alone (session.run on already-preprocessed tensors, same engine and threads); the
-pipeline runs both concurrently, plus post-processing, rules and a JSONL sink. The three are measured in
-alternating rounds in one process, so machine noise hits them alike, and the medians are compared.
+pipeline runs both concurrently, plus post-processing, rules and a JSONL sink. The three, and each stage beside
+the other running flat out in another process, are measured in alternating rounds, so machine noise hits them
+alike, and the medians are compared.
 Three cases: BlazeFace short-range (128 px) on the 640x480 demo video, where the two stages run at about the same
 rate; the same model on the video upscaled to 1280x960, where decoding is the slower stage; BlazeFace back (256 px)
 on the 640x480 video, where the model is.
@@ -118,26 +119,28 @@ def _busy_decoder(cfg_json: str, stop) -> None:
         decoder_rate(cfg, pre)
 
 
-def side_by_side(cfg: PipelineConfig, pre: Preprocessor, session, tensors, threads: int) -> tuple[float, float]:
+def side_by_side(cfg: PipelineConfig, pre: Preprocessor, session, tensors,
+                 threads: int) -> tuple[float, float, float, float]:
     """Decoder rate while the model runs in another process, and model rate while the decoder does: what two
-    processes get from these cores at once, with no GIL between them."""
+    processes get from these cores at once, with no GIL between them; and each one's CPU ms per frame then (two
+    busy cores run each stage slower than one: shared caches and memory, and the host's other vCPUs)."""
     ctx = multiprocessing.get_context("spawn")
     stop = ctx.Event()
     busy = ctx.Process(target=_busy_model, args=(cfg.model.path, cfg.model.engine, threads,
                                                  (1, *tensors[0].shape), stop))
     busy.start()
     time.sleep(3)  # the child loads and warms up
-    dec = decoder_rate(cfg, pre)[0]
+    dec, _, dec_cpu = decoder_rate(cfg, pre)
     stop.set()
     busy.join()
     stop = ctx.Event()
     busy = ctx.Process(target=_busy_decoder, args=(cfg.model_dump_json(), stop))
     busy.start()
     time.sleep(3)
-    mod = model_rate(session, pre.spec.name, tensors)[0]
+    mod, mod_cpu = model_rate(session, pre.spec.name, tensors)
     stop.set()
     busy.join()
-    return dec, mod
+    return dec, mod, dec_cpu, mod_cpu
 
 
 def own_cpu_s() -> float:
@@ -204,6 +207,7 @@ def measure(tmp: Path, video: Path, size: tuple[int, int], model: str) -> dict:
     cfg = config(tmp, video, model)
     probe = Pipeline(cfg)  # the same thread plan, model and preprocessing the pipeline uses
     threads, pre = probe.plan.model_threads, probe.preprocess
+    cfg.sources[0].decode_threads = probe.plan.ffmpeg_threads  # the stages alone decode as the pipeline does
     session = open_session(probe.model, cfg.model.engine, threads=threads)
     probe.run(max_items=1)
     in_process = cfg.model_copy(deep=True)
@@ -212,6 +216,7 @@ def measure(tmp: Path, video: Path, size: tuple[int, int], model: str) -> dict:
     tensors = [item.tensor for item in items]
     model_rate(session, pre.spec.name, tensors[:20])  # warm-up
     dec, mod, dec_cpu, mod_cpu, pipe, cpu, pipe_t, cpu_t, e2e = [], [], [], [], [], [], [], [], []
+    beside: list[tuple[float, float, float, float]] = []  # decoder, model fps; their CPU ms per frame
     for _ in range(ROUNDS):
         rate, _, cpu_ms = decoder_rate(in_process, pre)
         dec.append(rate)
@@ -226,9 +231,10 @@ def measure(tmp: Path, video: Path, size: tuple[int, int], model: str) -> dict:
         rate, cpu_ms, _ = pipeline_rate(in_process)
         pipe_t.append(rate)
         cpu_t.append(cpu_ms)
+        beside.append(side_by_side(in_process, pre, session, tensors, threads))
     d, m, p = (statistics.median(v) for v in (dec, mod, pipe))
     ceiling = min(d, m)
-    d2, m2 = side_by_side(in_process, pre, session, tensors, threads)
+    d2, m2, dc2, mc2 = (statistics.median(v) for v in zip(*beside))
     dc, mc = statistics.median(dec_cpu), statistics.median(mod_cpu)
     out_ms = output_cpu(probe, session, items)
 
@@ -243,6 +249,9 @@ def measure(tmp: Path, video: Path, size: tuple[int, int], model: str) -> dict:
             "ratio_to_side_by_side": round(p / min(d2, m2), 3),
             "cpu_ms_per_frame_decoder_alone": round(dc, 2), "cpu_ms_per_frame_model_alone": round(mc, 2),
             "cpu_ms_per_frame_stages_alone": round(dc + mc, 2),
+            "cpu_ms_per_frame_stages_side_by_side": round(dc2 + mc2, 2),
+            "cpu_ratio_to_stages_and_output_alone": round(med(cpu, "steady") / (dc + mc + out_ms), 3),
+            "cpu_ratio_to_stages_side_by_side_and_output": round(med(cpu, "steady") / (dc2 + mc2 + out_ms), 3),
             "cpu_ms_per_frame_output_alone": round(out_ms, 2),
             "cpu_ms_per_frame_pipeline": med(cpu, "steady"), "cpu_ms_per_frame_pipeline_whole_run": med(cpu, "whole"),
             "start_cpu_s": med(cpu, "start_s"), "cores": os.cpu_count(),
@@ -253,6 +262,8 @@ def measure(tmp: Path, video: Path, size: tuple[int, int], model: str) -> dict:
             "end_to_end_ms": {k: round(statistics.median(r[k] for r in e2e), 2) for k in ("p50", "p99")},
             "all": {"decoder": [round(v, 1) for v in dec], "model": [round(v, 1) for v in mod],
                     "pipeline": [round(v, 1) for v in pipe], "pipeline_decode_thread": [round(v, 1) for v in pipe_t],
+                    "decoder_beside_model": [round(b[0], 1) for b in beside],
+                    "model_beside_decoder": [round(b[1], 1) for b in beside],
                     "cpu_pipeline": [round(r["steady"], 2) for r in cpu],
                     "cpu_pipeline_decode_thread": [round(r["steady"], 2) for r in cpu_t]},
             "stages_ms_last_run": summary["stages_ms"]}
@@ -286,22 +297,28 @@ def main() -> None:
              "(other work on the machine slows every column; the rounds alternate so that it hits them alike).", "",
              "CPU is CPU time (FFmpeg's decode threads included), not 1/fps. Stages alone: the decoder (read, "
              "quality checks, preprocess) plus the model; the pipeline also post-processes, applies the rules and "
-             "writes a JSON line per frame (the output column: those alone). The pipeline's CPU is its steady "
+             "writes a JSON line per frame (the output column: those alone). Side by side, each stage's CPU is "
+             "taken while the other runs flat out in another process (two busy cores run each stage slower than "
+             "one: shared caches and memory bandwidth). The pipeline's CPU is its steady "
              f"state (from its {WINDOW}th result to its {WINDOW}th from last); the whole run with the start-up "
              "(a decoder process starts an interpreter) and the start-up's CPU seconds follow it.", "",
              "| model | video | decoder fps | model fps | min | pipeline fps (thread) | pipeline / min | side by side: "
              "decoder, model fps | pipeline / side-by-side min | CPU ms/frame: decoder + model alone = sum, "
-             "output alone | CPU ms/frame pipeline, steady (thread) | whole run (thread); start-up CPU s "
+             "output alone | CPU ms/frame side by side: decoder + model | CPU ms/frame pipeline, steady (thread) | "
+             "pipeline CPU / (stages + output): alone, side by side | whole run (thread); start-up CPU s "
              "| end-to-end p50 / p99 ms |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         lines.append(f"| {r['model']} | {r['video']} | {r['decoder_fps']} | {r['model_fps']} | {r['ceiling_fps']} | "
                      f"{r['pipeline_fps']} ({r['pipeline_fps_decode_thread']}) | {r['ratio'] * 100:.1f} % | "
                      f"{r['decoder_fps_beside_model']}, {r['model_fps_beside_decoder']} | "
                      f"{r['ratio_to_side_by_side'] * 100:.1f} % | {r['cpu_ms_per_frame_decoder_alone']} + "
                      f"{r['cpu_ms_per_frame_model_alone']} = {r['cpu_ms_per_frame_stages_alone']}, "
-                     f"{r['cpu_ms_per_frame_output_alone']} | {r['cpu_ms_per_frame_pipeline']} "
-                     f"({r['cpu_ms_per_frame_decode_thread']}) | {r['cpu_ms_per_frame_pipeline_whole_run']} "
+                     f"{r['cpu_ms_per_frame_output_alone']} | {r['cpu_ms_per_frame_stages_side_by_side']} | "
+                     f"{r['cpu_ms_per_frame_pipeline']} ({r['cpu_ms_per_frame_decode_thread']}) | "
+                     f"{r['cpu_ratio_to_stages_and_output_alone']:.2f}, "
+                     f"{r['cpu_ratio_to_stages_side_by_side_and_output']:.2f} | "
+                     f"{r['cpu_ms_per_frame_pipeline_whole_run']} "
                      f"({r['cpu_ms_per_frame_decode_thread_whole_run']}); {r['start_cpu_s']} "
                      f"({r['start_cpu_s_decode_thread']}) | "
                      f"{r['end_to_end_ms']['p50']} / {r['end_to_end_ms']['p99']} |")
