@@ -41,9 +41,9 @@ def photos() -> list[np.ndarray]:
     return out
 
 
-def make_video(path: Path, frames: list[np.ndarray], fps: float = 10.0) -> Path:
-    """MJPG in AVI: this OpenCV build writes it (and mp4v) through FFmpeg, but not H.264."""
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (W, H))
+def make_video(path: Path, frames: list[np.ndarray], fps: float = 10.0, fourcc: str = "MJPG") -> Path:
+    """MJPG in AVI by default: this OpenCV build writes it (and mp4v) through FFmpeg, but not H.264."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (W, H))
     assert writer.isOpened()
     for f in frames:
         writer.write(f)
@@ -140,11 +140,8 @@ def test_decode_threads_reach_ffmpeg(tmp_path, photos):
     from edgepilot.runtime.sources.capture import _open_capture
     from edgepilot.runtime.sources.hwdecode import Decoder
 
-    video = tmp_path / "clip.mp4"  # mp4v: FFmpeg decodes it on frame threads (its MJPEG decoder has none)
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (W, H))
-    for f in photos[:2]:
-        writer.write(f)
-    writer.release()
+    # mp4v: FFmpeg decodes it on frame threads (its MJPEG decoder has none)
+    video = make_video(tmp_path / "clip.mp4", photos[:2], fourcc="mp4v")
     for threads in (1, 3):
         cap = _open_capture(str(video), Decoder("software", "FFmpeg"), threads=threads)
         assert cap.get(cv2.CAP_PROP_N_THREADS) == threads
