@@ -342,7 +342,7 @@ class Pipeline:
         snap = self.snapshot()
         snap["sources_detail"] = {s.id: s.stats() for s in self.sources}
         snap["quality"] = combined_stats(self.quality.stats(),
-                                         *(q for s in self.sources for q in getattr(s, "quality_stats", list)()))
+                                         *(s.quality_stats() for s in self.sources if hasattr(s, "quality_stats")))
         snap["rules"] = self.rules.stats()
         snap["threads"] = {"cores": self.plan.cores, "decode": self.plan.decode_threads,
                            "workers": self.plan.workers, "model_threads": self.plan.model_threads,

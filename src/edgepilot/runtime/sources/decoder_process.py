@@ -29,6 +29,7 @@ import numpy as np
 
 from edgepilot.errors import EdgepilotError, RuntimeFailure
 from edgepilot.runtime.item import Item
+from edgepilot.runtime.quality import combined_stats
 from edgepilot.runtime.sources.base import Source
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,8 @@ class ProcessSource(Source):
         self._conn = None
         self._send_lock = threading.Lock()
         self._child_stats: dict[str, Any] = {}
-        self._quality: list[dict] = []  # the quality checks' stats of the children so far (the last one: running)
+        self._quality: dict | None = None  # the quality checks' stats of the children before this one
+        self._child_quality: dict | None = None  # this child's, as last reported
         self._on_skipped = None
         self.decoder_pid: int | None = None
 
@@ -79,10 +81,10 @@ class ProcessSource(Source):
         self.stages, self._on_skipped = stages, on_skipped
         self.zero_copy = True
 
-    def quality_stats(self) -> list[dict]:
-        """The stats() of each child's quality checker, for the pipeline to add to its own."""
+    def quality_stats(self) -> dict:
+        """The children's quality checks' stats() added up, for the pipeline to add to its own."""
         with self._lock:
-            return list(self._quality)
+            return combined_stats(self._quality, self._child_quality)
 
     def position(self, item: Item) -> dict[str, Any] | None:
         return self.inner.position(item)
@@ -104,6 +106,7 @@ class ProcessSource(Source):
             for k, v in self._child_stats.items():
                 self._stats[k] = self._stats.get(k, 0) + v if isinstance(v, int) and not isinstance(v, bool) else v
             self._child_stats = {}
+            self._quality, self._child_quality = combined_stats(self._quality, self._child_quality), None
 
     # -- the parent's loop ---------------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Item]:
@@ -112,8 +115,6 @@ class ProcessSource(Source):
             while not self._stop.is_set():
                 proc = self._start_child(last_index)
                 self.decoder_pid = proc.pid
-                with self._lock:
-                    self._quality.append(None)  # this child's, until it reports
                 ended = False
                 try:
                     for item in self._receive(proc):
@@ -193,9 +194,7 @@ class ProcessSource(Source):
                 yield self._item_from(*payload)
             elif kind in ("stats", "end"):
                 with self._lock:
-                    self._child_stats = payload[0]
-                    if payload[1] is not None:
-                        self._quality[-1:] = [payload[1]]
+                    self._child_stats, self._child_quality = payload[0], payload[1]
                 if kind == "end":
                     if payload[2]:
                         self._on_skipped(payload[2])
