@@ -48,8 +48,8 @@ class ServedModelConfig(BaseModel):
         "latest", description="which version folders to serve: the highest, all, or the listed numbers")
     reject_nonfinite: bool = Field(True, description="answer 400 to float inputs holding NaN or Inf")
     spin_wait: bool | Literal["auto"] = Field("auto", description="idle model threads spin (onnxruntime); auto: "
-                                                                 "off when the instances' threads take every core, "
-                                                                 "which the server's event loop shares")
+                                                                 "off for a model under 0.25 ms whose instances' "
+                                                                 "threads take every core (the event loop's too)")
     inline: bool | Literal["auto"] = Field("auto", description="run one-sample requests on the event loop, not on "
                                                               "a worker thread (max_batch 1, one instance); auto: "
                                                               "fixed-size inputs and an inference under 0.25 ms")

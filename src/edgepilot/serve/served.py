@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -115,29 +117,48 @@ class ServedVersion:
         self._inflight = 0
         self._retired = False
         threads = threads or max(1, default_threads() // instances)
-        if spin_wait == "auto":  # spinning threads on every core starve the event loop that parses requests
-            spin_wait = False if instances * threads >= default_threads() else None
         self.engine = engine_for(model, engine).name
+        # spin_wait auto: onnxruntime's default (idle threads spin: the next request finds them awake), unless the
+        # model's threads take every core and one inference is shorter than INLINE_MAX_S: threads spinning between
+        # such requests starve the event loop that parses them, and a tiny model runs no faster for it
+        spin_auto = spin_wait == "auto" and instances * threads >= default_threads() and self.engine == "onnxruntime"
+        self.spin_wait = None if spin_wait == "auto" else spin_wait  # None: the engine's default
         self.sessions: list[_Serialized] = []
         try:
-            for _ in range(instances):
-                self.sessions.append(_Serialized(open_session(model, self.engine, threads=threads,
-                                                              spin_wait=spin_wait)))
+            self.sessions = self._open(model, instances, threads, self.spin_wait)
+            fast = functools.cache(lambda: self._fast(self.sessions[0]))  # timed once, and only if asked
+            if spin_auto and fast():
+                self._close_sessions()
+                self.sessions, self.spin_wait = [], False
+                self.sessions = self._open(model, instances, threads, self.spin_wait)
             for s in self.sessions:
                 self._warm_up(s, warmup)
             self.inputs, self.outputs = self.sessions[0].inputs, self.sessions[0].outputs
             cfg = SchedulerConfig(max_batch=max_batch, max_delay_ms=max_delay_ms,
                                   queue_size=max_queue)
             self.scheduler = Scheduler(self.sessions, cfg, _BatchStats(self), self._emit)
-            self.inline, self.inline_auto = self._inline(inline), inline == "auto"
+            self.inline, self.inline_auto = self._inline(inline, fast), inline == "auto"
         except Exception:
             self._close_sessions()
             raise
         self.scheduler.start()
-        log.info("%s v%d: %s, %d instance(s) x %d thread(s), max batch %d%s", name, version, self.engine, instances,
-                 threads, self.scheduler.max_batch, ", one-sample requests inline" if self.inline else "")
+        log.info("%s v%d: %s, %d instance(s) x %d thread(s), max batch %d%s%s", name, version, self.engine,
+                 instances, threads, self.scheduler.max_batch,
+                 ", idle threads sleep" if self.spin_wait is False else "",
+                 ", one-sample requests inline" if self.inline else "")
 
-    def _inline(self, wanted: bool | str) -> bool:
+    def _open(self, model: Model, instances: int, threads: int, spin_wait: bool | None) -> list[_Serialized]:
+        sessions: list[_Serialized] = []
+        try:
+            for _ in range(instances):
+                sessions.append(_Serialized(open_session(model, self.engine, threads=threads, spin_wait=spin_wait)))
+        except Exception:
+            for s in sessions:
+                s.close()
+            raise
+        return sessions
+
+    def _inline(self, wanted: bool | str, fast: Callable[[], bool]) -> bool:
         """Whether one-sample requests run on the event loop itself rather than through the scheduler's worker:
         the hop there and back (a queue, a thread wake-up, a future) costs more CPU than a fast model's inference.
         Only without batching, on one instance; auto: inputs of a fixed size (past the batch dimension) and a
@@ -149,7 +170,7 @@ class ServedVersion:
         if wanted != "auto":
             return wanted
         fixed = all(isinstance(d, int) and d > 0 for spec in self.inputs for d in spec.shape[1:])
-        return unbatched and fixed and self._fast(self.sessions[0])
+        return unbatched and fixed and fast()
 
     @staticmethod
     def _fast(session: _Serialized) -> bool:
