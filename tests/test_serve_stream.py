@@ -83,3 +83,21 @@ def test_a_websocket_client_receives_the_pipelines_results_and_events(tmp_path):
     events = [m for m in messages if m["type"] == "event"]
     assert [(e["rule"], e["seq"]) for e in events] == [("bright", 1)]
     assert 'edgepilot_pipeline_items_total{what="completed"}' in metrics
+
+
+def test_the_pipelines_served_model_follows_the_pipelines_spin_wait(tmp_path):
+    """Its instance shares the cores of the decoder and the stages: its idle threads spin only as the pipeline's do."""
+    image_onnx(tmp_path / "m.onnx")
+    (tmp_path / "frames").mkdir()
+    cfg = {"name": "spun", "model": {"path": "m.onnx", "warmup": 0},
+           "sources": [{"type": "folder", "id": "belt", "path": "frames"}],
+           "preprocess": {"color": "gray", "normalize": "0-1", "resize": "stretch"},
+           "postprocess": {"type": "classification"}, "sinks": [],
+           "server": {"port": free_port(), "serve_model": True}}
+    for spin in (True, False):
+        (tmp_path / "p.yaml").write_text(yaml.safe_dump({**cfg, "scheduler": {"spin_wait": spin}}))
+        pipeline = Pipeline(load_pipeline_config(tmp_path / "p.yaml"))
+        try:
+            assert pipeline.plan.spin_wait is spin and pipeline.server.app.state.repo.get("spun").spin_wait is spin
+        finally:
+            pipeline.run(duration=5)  # an empty folder: it ends at once, closing the server and the sessions

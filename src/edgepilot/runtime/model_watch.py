@@ -162,6 +162,7 @@ def serve_model(p, model: Model, version: int):
     return ServedVersion(p.cfg.name, version, model, engine=p.cfg.model.engine, threads=p.plan.model_threads,
                          instances=1, max_batch=d.max_batch, max_delay_ms=d.max_delay_ms, max_queue=d.max_queue,
                          warmup=p.cfg.model.warmup, reject_nonfinite=d.reject_nonfinite,
+                         spin_wait=d.spin_wait if p.plan.spin_wait is None else p.plan.spin_wait,  # the stages' cores
                          metrics=repo.metrics)
 
 
