@@ -127,12 +127,16 @@ def test_one_sample_requests_of_a_fast_model_run_on_the_event_loop(tmp_path):
     linear_onnx(tmp_path / "batched" / "1" / "model.onnx")  # max_batch 8 by default: the scheduler batches
     linear_onnx(tmp_path / "slow" / "1" / "model.onnx")
     (tmp_path / "slow" / "config.yaml").write_text("engine: fake-slow\nmax_batch: 1\n")
-    slow = FakeEngine.scripted(lambda f: (time.sleep(0.002), {"output": f["input"][:, :3]})[1], name="fake-slow")
+    slow = FakeEngine.scripted(lambda f: (time.sleep(0.003), {"output": f["input"][:, :3]})[1], name="fake-slow")
+    linear_onnx(tmp_path / "sub-ms" / "1" / "model.onnx")  # under a millisecond, threads spinning: inline
+    (tmp_path / "sub-ms" / "config.yaml").write_text("engine: fake-sub-ms\nmax_batch: 1\n")
+    sub_ms = FakeEngine.scripted(lambda f: (time.sleep(0.0004), {"output": f["input"][:, :3]})[1], name="fake-sub-ms")
     rng = np.random.default_rng(0)
     xs = [rng.standard_normal((n, 4)).astype(np.float32) for n in (1, 3, 1, 2) * 8]
-    with registered(slow), serving(tmp_path) as server, ThreadPoolExecutor(4) as pool:
+    with registered(slow), registered(sub_ms), serving(tmp_path) as server, ThreadPoolExecutor(4) as pool:
         repo = server.app_state.repo
         assert repo.get("inline").inline and not repo.get("batched").inline and not repo.get("slow").inline
+        assert repo.get("sub-ms").inline
         # one-sample requests inline and larger ones through the scheduler share the session, concurrently
         replies = list(pool.map(lambda x: infer(server.url, "inline", x), xs))
         stats = httpx.get(f"{server.url}/v2/models/inline/stats").json()["model_stats"][0]
@@ -166,9 +170,9 @@ def test_an_inline_failure_is_an_error_and_a_slow_inline_inference_stops_inlinin
     assert status == 200 and reply["outputs"][0]["data"] == [1.0, 1.0, 1.0]
 
 
-def _heavy_onnx(path, width: int = 1024, layers: int = 64):
-    """input [batch, width] through `layers` MatMuls with one shared weight: ~134 MFLOP a sample, milliseconds on
-    any CPU (one 4 MB weight on disk)."""
+def _heavy_onnx(path, width: int = 1024, layers: int = 512):
+    """input [batch, width] through `layers` MatMuls with one shared (identity) weight: ~1 GFLOP a sample, over
+    half a millisecond even on many cores (one 4 MB weight on disk)."""
     from onnx import TensorProto, helper, numpy_helper, save
 
     w = np.eye(width, dtype=np.float32)

@@ -23,7 +23,11 @@ from edgepilot.runtime.stats import PipelineStats
 from edgepilot.serve.tensors import validate_feeds
 
 log = logging.getLogger(__name__)
-INLINE_MAX_S = 250e-6  # under this, a one-sample inference costs less than the hop to a worker thread and back
+# Under this, a one-sample inference on the event loop beats the hop to a worker thread and back, even though the
+# worker would let the loop parse other requests meanwhile (ppocr-cls-v2, 0.6 ms, at 1 and 4 clients); with idle
+# threads sleeping only under SPIN_MIN_S: each inline inference then starts by waking them
+INLINE_MAX_S = 1.5e-3
+SPIN_MIN_S = 250e-6  # a model this fast gains nothing from onnxruntime's idle threads spinning between its requests
 INLINE_SLOW_S = 5e-3  # an inline inference this slow stops auto inlining: it held up every other request
 
 
@@ -119,15 +123,15 @@ class ServedVersion:
         threads = threads or max(1, default_threads() // instances)
         self.engine = engine_for(model, engine).name
         # spin_wait auto: onnxruntime's default (idle threads spin: the next request finds them awake), unless the
-        # model's threads take every core and one inference is shorter than INLINE_MAX_S: threads spinning between
+        # model's threads take every core and one inference is shorter than SPIN_MIN_S: threads spinning between
         # such requests starve the event loop that parses them, and a tiny model runs no faster for it
         spin_auto = spin_wait == "auto" and instances * threads >= default_threads() and self.engine == "onnxruntime"
         self.spin_wait = None if spin_wait == "auto" else spin_wait  # None: the engine's default
         self.sessions: list[_Serialized] = []
         try:
             self.sessions = self._open(model, instances, threads, self.spin_wait)
-            fast = functools.cache(lambda: self._fast(self.sessions[0]))  # timed once, and only if asked
-            if spin_auto and fast():
+            one_sample_s = functools.cache(lambda: self._time_one_sample(self.sessions[0]))  # once, if asked
+            if spin_auto and one_sample_s() < SPIN_MIN_S:
                 self._close_sessions()
                 self.sessions, self.spin_wait = [], False
                 self.sessions = self._open(model, instances, threads, self.spin_wait)
@@ -137,7 +141,7 @@ class ServedVersion:
             cfg = SchedulerConfig(max_batch=max_batch, max_delay_ms=max_delay_ms,
                                   queue_size=max_queue)
             self.scheduler = Scheduler(self.sessions, cfg, _BatchStats(self), self._emit)
-            self.inline, self.inline_auto = self._inline(inline, fast), inline == "auto"
+            self.inline, self.inline_auto = self._inline(inline, one_sample_s), inline == "auto"
         except Exception:
             self._close_sessions()
             raise
@@ -158,11 +162,12 @@ class ServedVersion:
             raise
         return sessions
 
-    def _inline(self, wanted: bool | str, fast: Callable[[], bool]) -> bool:
+    def _inline(self, wanted: bool | str, one_sample_s: Callable[[], float]) -> bool:
         """Whether one-sample requests run on the event loop itself rather than through the scheduler's worker:
-        the hop there and back (a queue, a thread wake-up, a future) costs more CPU than a fast model's inference.
-        Only without batching, on one instance; auto: inputs of a fixed size (past the batch dimension) and a
-        one-sample inference under INLINE_MAX_S."""
+        the hop there and back (a queue, a thread wake-up, a future) costs more than a fast model's inference
+        gains from running beside the event loop. Only without batching, on one instance; auto: inputs of a fixed
+        size (past the batch dimension) and a one-sample inference under INLINE_MAX_S (SPIN_MIN_S when the idle
+        threads sleep)."""
         unbatched = self.scheduler.max_batch == 1 and len(self.sessions) == 1
         if wanted is True and not unbatched:
             raise ConfigError(f"{self.name}: inline needs max_batch 1 and one instance",
@@ -170,11 +175,11 @@ class ServedVersion:
         if wanted != "auto":
             return wanted
         fixed = all(isinstance(d, int) and d > 0 for spec in self.inputs for d in spec.shape[1:])
-        return unbatched and fixed and fast()
+        return unbatched and fixed and one_sample_s() < (SPIN_MIN_S if self.spin_wait is False else INLINE_MAX_S)
 
     @staticmethod
-    def _fast(session: _Serialized) -> bool:
-        """A few timed inferences (one, for a slow model) on synthetic inputs: is the median under INLINE_MAX_S?"""
+    def _time_one_sample(session: _Serialized) -> float:
+        """The median of a few timed one-sample inferences (one, for a slow model) on synthetic inputs."""
         try:
             feeds = synthetic_feeds(session.inputs, batch=1)
             session.run(feeds)  # the first run pays for lazy initialisation
@@ -184,8 +189,8 @@ class ServedVersion:
                 session.run(feeds)
                 times.append(time.perf_counter() - t0)
         except Exception:  # noqa: BLE001 — a model that needs real inputs goes through the scheduler
-            return False
-        return float(np.median(times)) < INLINE_MAX_S
+            return float("inf")
+        return float(np.median(times))
 
     @property
     def platform(self) -> str:
