@@ -76,15 +76,14 @@ class BenchModel:
 
 def real_model(name: str, shape: tuple[int, ...]) -> BenchModel:
     """A model of a published wheel (cached by `edgepilot.assets`; never downloaded here) with a seeded input."""
-    import onnx
-
     from edgepilot.assets import asset
+    from edgepilot.model import Model
 
     path = asset(name, download=False)
-    graph = onnx.load(str(path), load_external_data=False).graph
+    model = Model.load(path)
     x = np.random.default_rng(0).random(shape, dtype=np.float32)
-    return BenchModel(path, f"{path.name} from its wheel, {list(shape)} float32", graph.input[0].name,
-                      graph.output[0].name, x)
+    return BenchModel(path, f"{path.name} from its wheel, {list(shape)} float32", model.inputs[0].name,
+                      model.outputs[0].name, x)
 
 
 def write_repository(root: Path, models: dict[str, BenchModel]) -> None:

@@ -29,6 +29,22 @@ def linear_onnx(path: Path, w: np.ndarray = W1, b: np.ndarray = B1, batch: int |
     return path
 
 
+def heavy_onnx(path: Path, width: int = 1024, layers: int = 512) -> Path:
+    """input [batch, width] -> output, the same: `layers` MatMuls by one shared identity weight, ~1 GFLOP a sample
+    (over half a millisecond even on many cores) in a 4 MB file."""
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    names = ["input", *(f"x{i}" for i in range(1, layers)), "output"]
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", [a, "w"], [b]) for a, b in zip(names, names[1:])], "heavy",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", width])],
+        [numpy_helper.from_array(np.eye(width, dtype=np.float32), "w")])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+    return path
+
+
 def pair_onnx(path: Path) -> Path:
     """Two inputs of two datatypes, two outputs of two datatypes:
     a [N, 3] float32, b [N, 3] int32 -> sum = a + float(b) float32, positive = sum > 0 bool."""

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edgepilot.engines.fake import FakeEngine, registered
-from servers import B1, W1, W2, linear_onnx, serving
+from servers import B1, W1, W2, heavy_onnx, linear_onnx, serving
 
 
 def infer(url, model, x, version=None):
@@ -170,25 +170,9 @@ def test_an_inline_failure_is_an_error_and_a_slow_inline_inference_stops_inlinin
     assert status == 200 and reply["outputs"][0]["data"] == [1.0, 1.0, 1.0]
 
 
-def _heavy_onnx(path, width: int = 1024, layers: int = 512):
-    """input [batch, width] through `layers` MatMuls with one shared (identity) weight: ~1 GFLOP a sample, over
-    half a millisecond even on many cores (one 4 MB weight on disk)."""
-    from onnx import TensorProto, helper, numpy_helper, save
-
-    w = np.eye(width, dtype=np.float32)
-    nodes = [helper.make_node("MatMul", [f"x{i}" if i else "input", "w"], [f"x{i + 1}" if i + 1 < layers
-                                                                           else "output"]) for i in range(layers)]
-    graph = helper.make_graph(nodes, "heavy", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
-                                                                             ["batch", width])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", width])],
-                              [numpy_helper.from_array(w, "w")])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
-
-
 def test_idle_threads_sleep_only_for_a_tiny_model_whose_threads_take_every_core(tmp_path):
     linear_onnx(tmp_path / "tiny" / "1" / "model.onnx")
-    _heavy_onnx(tmp_path / "heavy" / "1" / "model.onnx")
+    heavy_onnx(tmp_path / "heavy" / "1" / "model.onnx")
     linear_onnx(tmp_path / "spinning" / "1" / "model.onnx")
     (tmp_path / "spinning" / "config.yaml").write_text("spin_wait: true\n")
     with serving(tmp_path) as server:

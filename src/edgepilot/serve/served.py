@@ -129,12 +129,12 @@ class ServedVersion:
         self.spin_wait = None if spin_wait == "auto" else spin_wait  # None: the engine's default
         self.sessions: list[_Serialized] = []
         try:
-            self.sessions = self._open(model, instances, threads, self.spin_wait)
+            self._open(model, instances, threads)
             one_sample_s = functools.cache(lambda: self._time_one_sample(self.sessions[0]))  # once, if asked
             if spin_auto and one_sample_s() < SPIN_MIN_S:
                 self._close_sessions()
                 self.sessions, self.spin_wait = [], False
-                self.sessions = self._open(model, instances, threads, self.spin_wait)
+                self._open(model, instances, threads)
             for s in self.sessions:
                 self._warm_up(s, warmup)
             self.inputs, self.outputs = self.sessions[0].inputs, self.sessions[0].outputs
@@ -151,16 +151,11 @@ class ServedVersion:
                  ", idle threads sleep" if self.spin_wait is False else "",
                  ", one-sample requests inline" if self.inline else "")
 
-    def _open(self, model: Model, instances: int, threads: int, spin_wait: bool | None) -> list[_Serialized]:
-        sessions: list[_Serialized] = []
-        try:
-            for _ in range(instances):
-                sessions.append(_Serialized(open_session(model, self.engine, threads=threads, spin_wait=spin_wait)))
-        except Exception:
-            for s in sessions:
-                s.close()
-            raise
-        return sessions
+    def _open(self, model: Model, instances: int, threads: int) -> None:
+        """The instances' sessions into self.sessions (on a failure, __init__ closes those opened)."""
+        for _ in range(instances):
+            self.sessions.append(_Serialized(open_session(model, self.engine, threads=threads,
+                                                          spin_wait=self.spin_wait)))
 
     def _inline(self, wanted: bool | str, one_sample_s: Callable[[], float]) -> bool:
         """Whether one-sample requests run on the event loop itself rather than through the scheduler's worker:
