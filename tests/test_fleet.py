@@ -143,7 +143,7 @@ def test_fleet_of_20_processes_promotes_good_stops_bad_and_resumes_after_kill(fl
     # a good bundle: canary 10% (2), then 50% and 100%
     code, out = finish(fleet.rollout(fleet_bundle(fleet.tmp, fleet.key, 2), "--canary", "10%",
                                      "--waves", "10,50,100", "--observe", "3s"))
-    assert code == 0 and out["state"] == "promoted", out
+    assert code == 0 and out["state"] == "promoted", [s["decision"] for s in out["stages"]]
     assert [len(s["devices"]) for s in out["stages"]] == [2, 8, 10]
     wait_fleet(fleet.port, ids, 2, timeout=60)
     # a slower one passes its own gates on every canary device, then loses against the control
@@ -261,8 +261,11 @@ def test_remote_configuration_rolls_out_as_a_bundle_with_the_same_model(fleet):
     other, _ = keys(fleet.tmp, "other")
     with pytest.raises(BundleError, match="signature"):  # only the key that signed the base re-signs it
         reconfigure(fleet.initial, fleet.tmp / "pipeline.yaml", other, 3, fleet.tmp / "y.edgebundle")
-    code, out = finish(fleet.rollout(cfg, "--canary", "50%", "--waves", "100", "--observe", "1s"))
-    assert code == 0 and out["state"] == "promoted", out
+    # one canary's fresh latency window against a long one is noise on a shared machine: the model is the same,
+    # and what this proves is the configuration's delivery
+    code, out = finish(fleet.rollout(cfg, "--canary", "50%", "--waves", "100", "--observe", "2s",
+                                     "--max-latency-ratio", "1000"))
+    assert code == 0 and out["state"] == "promoted", [s["decision"] for s in out["stages"]]
     devices = wait_fleet(fleet.port, ids, 2, timeout=30)
     for i in ids:
         slot = fleet.tmp / "devices" / i / "agent" / "slots" / devices[i]["active"]
