@@ -162,3 +162,34 @@ def test_a_process_source_read_outside_a_pipeline_hands_out_copies_and_never_sta
     process, thread = frames("process"), frames("thread")
     assert len(process) == len(thread) == 105
     assert all((a == b).all() and a.base is None for a, b in zip(process, thread))
+
+
+FRAME_LOOP = """
+import resource, sys
+import numpy as np
+from edgepilot.runtime.heap import hold_freed_memory
+held = sys.argv[1] == "hold" and hold_freed_memory()
+def frame():  # a frame's arrays: a 640x480 BGR copy, its 256x256 float tensor, a small resize
+    a = np.ones((480, 640, 3), np.uint8); b = np.ones((256, 256, 3), np.float32); c = np.ones((256, 256, 3), np.uint8)
+    del a, b, c
+for _ in range(10):
+    frame()
+f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(100):
+    frame()
+print(held, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / 100)
+"""
+
+
+def test_the_pipelines_processes_keep_a_frame_loops_memory_instead_of_faulting_it_in_every_frame():
+    def faults(mode):
+        run = subprocess.run([sys.executable, "-c", FRAME_LOOP, mode], capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stderr
+        held, per_frame = run.stdout.split()
+        return held == "True", float(per_frame)
+
+    held, with_hold = faults("hold")
+    if not held:
+        pytest.skip("the C library is not glibc: its heap is left as it is")
+    _, without = faults("default")
+    assert with_hold < 2 < 50 < without, (with_hold, without)  # glibc gives the pages back on every free otherwise

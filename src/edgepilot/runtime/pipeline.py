@@ -15,6 +15,7 @@ from pathlib import Path
 
 from edgepilot.errors import ConfigError, EdgepilotError
 from edgepilot.runtime.decoders import build_postprocessor
+from edgepilot.runtime.heap import hold_freed_memory
 from edgepilot.runtime.item import Item
 from edgepilot.runtime.loader import load_model, open_sessions
 from edgepilot.runtime.logs import add_json_log
@@ -159,6 +160,7 @@ class Pipeline:
         # A worker whose native call (inference, decode) returns waits for the GIL up to the switch interval while
         # another stage runs Python; CPython's default 5 ms would idle the model for whole frames.
         sys.setswitchinterval(min(sys.getswitchinterval(), 0.0005))
+        hold_freed_memory()
         limit_library_threads(self.plan)
         self.scheduler.start()
         if self.server is not None:

@@ -14,6 +14,7 @@ import numpy as np
 
 from edgepilot.errors import EdgepilotError
 from edgepilot.optional import require
+from edgepilot.runtime.heap import hold_freed_memory
 from edgepilot.runtime.item import Item
 from edgepilot.runtime.sources.decoder_process import KEY_ENV, Stages, nbytes
 
@@ -38,6 +39,7 @@ def _child_main(conn, cfg, stages: Stages | None, resume, ring, slots: int) -> N
     # This process is one decode thread of the pipeline's thread plan: OpenCV's own pool would only add threads to
     # wake per call (colour conversion, resizing) on cores the inference already uses.
     require("cv2", "vision").setNumThreads(1)
+    hold_freed_memory()  # the frame loop's arrays stay resident instead of being faulted in again on every frame
     shm = None
     try:
         source = open_source(cfg)
