@@ -1,6 +1,7 @@
 """`decode: process`: a video decoded, checked and preprocessed in a child process, frames handed back through shared
 memory. Same results as the in-process path; a killed decoder is restarted and loses no frame; the shared memory
-is gone after every way the pipeline can end."""
+is gone after every way the pipeline can end; the pipeline's processes keep a frame loop's memory instead of
+faulting it in again every frame."""
 from __future__ import annotations
 
 import glob
