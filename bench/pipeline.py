@@ -89,17 +89,30 @@ def model_rate(session, name: str, tensors: list[np.ndarray]) -> tuple[float, fl
     return len(tensors) / (time.perf_counter() - t0), (own_cpu_s() - c0) / len(tensors) * 1e3
 
 
-def output_cpu(probe: Pipeline, session, items: list[Item]) -> float:
+def output_cpu(probe: Pipeline, session, items: list[Item]) -> tuple[float, float]:
     """CPU ms per frame of what the pipeline's output thread does besides the two stages: post-processing, rules
-    and the JSON line of every result."""
+    and the JSON line of every result; in a loop, then one frame after each inference, as the pipeline runs it
+    (the model's run between two frames leaves the output code's caches cold)."""
+    name = probe.preprocess.spec.name
     for item in items:
-        item.outputs = {k: v[0] for k, v in session.run({probe.preprocess.spec.name: item.tensor[None]}).items()}
-    c0 = own_cpu_s()
-    for item in items:
+        item.outputs = {k: v[0] for k, v in session.run({name: item.tensor[None]}).items()}
+
+    def deliver(item: Item) -> None:
         probe.postprocess.process(item)
         probe.rules.process(item)
         item.to_json()
-    return (own_cpu_s() - c0) / len(items) * 1e3
+
+    c0 = own_cpu_s()
+    for item in items:
+        deliver(item)
+    in_loop = (own_cpu_s() - c0) / len(items) * 1e3
+    after_inference = 0.0
+    for item in items:
+        session.run({name: item.tensor[None]})
+        c0 = time.thread_time()  # this thread's clock: the model's own threads stay out of it
+        deliver(item)
+        after_inference += time.thread_time() - c0
+    return in_loop, after_inference / len(items) * 1e3
 
 
 def _busy_model(model_path: str, engine: str, threads: int, shape, stop) -> None:
@@ -237,7 +250,7 @@ def measure(tmp: Path, video: Path, size: tuple[int, int], model: str) -> dict:
     ceiling = min(d, m)
     d2, m2, dc2, mc2 = (statistics.median(v) for v in zip(*beside))
     dc, mc = statistics.median(dec_cpu), statistics.median(mod_cpu)
-    out_ms = output_cpu(probe, session, items)
+    out_ms, out_after_ms = output_cpu(probe, session, items)
 
     def med(runs: list[dict], key: str) -> float:
         return round(statistics.median(r[key] for r in runs), 2)
@@ -254,6 +267,7 @@ def measure(tmp: Path, video: Path, size: tuple[int, int], model: str) -> dict:
             "cpu_ratio_to_stages_and_output_alone": round(med(cpu, "steady") / (dc + mc + out_ms), 3),
             "cpu_ratio_to_stages_side_by_side_and_output": round(med(cpu, "steady") / (dc2 + mc2 + out_ms), 3),
             "cpu_ms_per_frame_output_alone": round(out_ms, 2),
+            "cpu_ms_per_frame_output_after_each_inference": round(out_after_ms, 2),
             "cpu_ms_per_frame_pipeline": med(cpu, "steady"), "cpu_ms_per_frame_pipeline_whole_run": med(cpu, "whole"),
             "start_cpu_s": med(cpu, "start_s"), "cores": os.cpu_count(),
             "pipeline_fps_decode_thread": round(statistics.median(pipe_t), 1),
@@ -299,14 +313,17 @@ def main() -> None:
              "(other work on the machine slows every column; the rounds alternate so that it hits them alike).", "",
              "CPU is CPU time (FFmpeg's decode threads included), not 1/fps. Stages alone: the decoder (read, "
              "quality checks, preprocess) plus the model; the pipeline also post-processes, applies the rules and "
-             "writes a JSON line per frame (the output column: those alone). Side by side, each stage's CPU is "
+             "writes a JSON line per frame (the output column: those alone, in a loop and one frame after each "
+             "inference, as the pipeline runs them: the second is the cost of the same code on caches the model has "
+             "just used). Side by side, each stage's CPU is "
              "taken while the other runs flat out in another process (two busy cores run each stage slower than "
              "one: shared caches and memory bandwidth). The pipeline's CPU is its steady "
              f"state (from its {WINDOW}th result to its {WINDOW}th from last); the whole run with the start-up "
              "(a decoder process starts an interpreter) and the start-up's CPU seconds follow it.", "",
              "| model | video | decoder fps | model fps | min | pipeline fps (thread) | pipeline / min | side by side: "
              "decoder, model fps | pipeline / side-by-side min | CPU ms/frame: decoder + model alone = sum, "
-             "output alone | CPU ms/frame side by side: decoder + model | CPU ms/frame pipeline, steady (thread) | "
+             "output alone: in a loop, after each inference | CPU ms/frame side by side: decoder + model | "
+             "CPU ms/frame pipeline, steady (thread) | "
              "pipeline CPU / (stages + output): alone, side by side | whole run (thread); start-up CPU s "
              "| end-to-end p50 / p99 ms |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -316,7 +333,8 @@ def main() -> None:
                      f"{r['decoder_fps_beside_model']}, {r['model_fps_beside_decoder']} | "
                      f"{r['ratio_to_side_by_side'] * 100:.1f} % | {r['cpu_ms_per_frame_decoder_alone']} + "
                      f"{r['cpu_ms_per_frame_model_alone']} = {r['cpu_ms_per_frame_stages_alone']}, "
-                     f"{r['cpu_ms_per_frame_output_alone']} | {r['cpu_ms_per_frame_stages_side_by_side']} | "
+                     f"{r['cpu_ms_per_frame_output_alone']}, {r['cpu_ms_per_frame_output_after_each_inference']} | "
+                     f"{r['cpu_ms_per_frame_stages_side_by_side']} | "
                      f"{r['cpu_ms_per_frame_pipeline']} ({r['cpu_ms_per_frame_decode_thread']}) | "
                      f"{r['cpu_ratio_to_stages_and_output_alone']:.2f}, "
                      f"{r['cpu_ratio_to_stages_side_by_side_and_output']:.2f} | "
