@@ -2,6 +2,7 @@
 version swapped in while requests are in flight without failing any."""
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -10,6 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
+from edgepilot.assets import asset
 from edgepilot.engines.fake import FakeEngine, registered
 from servers import B1, W1, W2, heavy_onnx, linear_onnx, serving
 
@@ -38,6 +40,38 @@ def test_concurrent_requests_are_batched_together(tmp_path):
         np.testing.assert_allclose(output(reply), x @ W1 + B1, rtol=1e-5)
     assert stats["inference_count"] == 4 and stats["execution_count"] == 1
     assert [b["batch_size"] for b in stats["batch_stats"]] == [4]
+
+
+def test_samples_of_different_sizes_to_a_real_dynamic_detector_never_share_a_batch(tmp_path):
+    """PP-OCRv4's text detector takes any height and width: concurrent requests of two sizes are batched by size
+    (they cannot stack into one tensor; before, that killed the model's worker and every later request timed out)."""
+    import onnxruntime as ort
+
+    model = asset("ppocr-det-v4", download=False)
+    (tmp_path / "det" / "1").mkdir(parents=True)
+    shutil.copy(model, tmp_path / "det" / "1" / "model.onnx")
+    (tmp_path / "det" / "config.yaml").write_text("max_batch: 4\nmax_delay_ms: 1000\ninstances: 1\nwarmup: 0\n"
+                                                  "inline: false\n")
+    rng = np.random.default_rng(0)
+    xs = [rng.random(shape, np.float32) for shape in ((1, 3, 64, 96), (1, 3, 96, 64), (1, 3, 64, 96))]
+    reference = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+
+    def infer_det(url, x):
+        body = {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
+        return httpx.post(f"{url}/v2/models/det/infer", json=body, timeout=30)
+
+    with serving(tmp_path) as server, ThreadPoolExecutor(3) as pool:
+        replies = list(pool.map(lambda x: infer_det(server.url, x), xs))
+        stats = httpx.get(f"{server.url}/v2/models/det/stats").json()["model_stats"][0]
+        after = infer_det(server.url, xs[1])  # and it serves on
+    for x, r in zip([*xs, xs[1]], [*replies, after]):
+        assert r.status_code == 200, r.text
+        out = r.json()["outputs"][0]
+        want = reference.run(None, {"x": x})[0]
+        assert out["shape"] == list(want.shape)
+        np.testing.assert_allclose(np.array(out["data"], np.float32).reshape(want.shape), want, atol=1e-4)
+    assert stats["inference_count"] == 3
+    assert sorted(b["batch_size"] for b in stats["batch_stats"]) == [1, 2]  # the two 64x96 together, 96x64 alone
 
 
 def test_a_request_larger_than_max_batch_and_a_fixed_batch_model(tmp_path):

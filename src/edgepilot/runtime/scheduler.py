@@ -2,7 +2,8 @@
 
 Live items (camera, stream, MQTT) displace the oldest live item when the queue is full — a late frame is worth less
 than a fresh one; file items wait for room instead (back-pressure), so no frame of a video is lost. Workers take
-batches in queue order and results leave in that same order, whatever worker finished first.
+batches in queue order and results leave in that same order, whatever worker finished first. A batch runs as one
+inference per input shape among its samples (a model with dynamic dimensions takes requests of several sizes).
 """
 from __future__ import annotations
 
@@ -269,9 +270,20 @@ class Scheduler:
         for it in batch:
             if it.error is None and it.tensor is None:
                 it.error = "not preprocessed"
-        ready = [it for it in batch if it.error is None]
-        if not ready:
-            return
+        groups: dict[tuple, list[Item]] = {}  # a model with dynamic dimensions: only samples of one shape stack
+        for it in batch:
+            if it.error is None:
+                groups.setdefault(_signature(it.tensor), []).append(it)
+        for ready in groups.values():
+            try:
+                self._run(session, ready)
+            except Exception as e:  # a bug here must not kill the worker: nothing after this batch would leave
+                log.exception("inference of %d item(s) failed", len(ready))
+                for it in ready:
+                    it.error = f"inference failed: {type(e).__name__}: {e}"
+                    self.stats.count("errors", it.source)
+
+    def _run(self, session: Session, ready: list[Item]) -> None:
         feeds = self._stack([it.tensor for it in ready])
         n = len(ready)
         if self.fixed_batch and n < self.fixed_batch:  # a fixed-batch model takes exactly its batch: pad with zeros
@@ -313,3 +325,10 @@ class Scheduler:
                 _, it = heapq.heappop(self._ready)
                 self._next_out += 1
                 self.emit(it)
+
+
+def _signature(tensor) -> tuple:
+    """What samples must share to be stacked into one batch: each input's shape and dtype."""
+    if isinstance(tensor, dict):
+        return tuple((k, np.shape(v), np.asarray(v).dtype.str) for k, v in tensor.items())
+    return (np.shape(tensor), np.asarray(tensor).dtype.str)
