@@ -29,6 +29,39 @@ def linear_onnx(path: Path, w: np.ndarray = W1, b: np.ndarray = B1, batch: int |
     return path
 
 
+def nms_onnx(path: Path, boxes: int = 6, batch: int | str = 1) -> Path:
+    """A detector's tail as exporters write it, NMS inside the graph: boxes [B, N, 4] and scores [B, 1, N] ->
+    selected [K, 3] (batch, class, box index of the K kept): an output whose first dimension is no batch."""
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    graph = helper.make_graph(
+        [helper.make_node("NonMaxSuppression", ["boxes", "scores", "keep", "iou", "threshold"], ["selected"])],
+        "nms",
+        [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [batch, boxes, 4]),
+         helper.make_tensor_value_info("scores", TensorProto.FLOAT, [batch, 1, boxes])],
+        [helper.make_tensor_value_info("selected", TensorProto.INT64, ["K", 3])],
+        [numpy_helper.from_array(np.array([boxes], np.int64), "keep"),
+         numpy_helper.from_array(np.array([0.5], np.float32), "iou"),
+         numpy_helper.from_array(np.array([0.5], np.float32), "threshold")])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+    return path
+
+
+def reshape_onnx(path: Path) -> Path:
+    """input [3, 4] -> output [2, 6], its values reshaped: a model whose first dimension is no batch."""
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["input", "shape"], ["output"])], "reshape",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [3, 4])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [2, 6])],
+        [numpy_helper.from_array(np.array([2, 6], np.int64), "shape")])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+    return path
+
+
 def heavy_onnx(path: Path, width: int = 1024, layers: int = 512) -> Path:
     """input [batch, width] -> output, the same: `layers` MatMuls by one shared identity weight, ~1 GFLOP a sample
     (over half a millisecond even on many cores) in a 4 MB file."""

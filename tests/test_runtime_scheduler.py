@@ -49,6 +49,30 @@ def test_batches_give_the_same_outputs_as_single_runs_and_keep_order(cnn):
     assert stats.counters.get("dropped", 0) == 0
 
 
+def test_outputs_that_do_not_follow_the_batch_are_each_item_s_whole_and_batching_stops(tmp_path):
+    """NMS inside the graph ([K, 3] of the boxes kept): a batch of two has no rows to split by item, so each runs
+    alone and keeps all of its own; the scheduler batches no more."""
+    from servers import nms_onnx
+
+    model = Model.load(nms_onnx(tmp_path / "nms.onnx", batch="batch"))
+    boxes = np.array([[0, 0, 1, 1], [0, 0, 1, 1.05], [2, 2, 3, 3], [4, 4, 5, 5], [6, 6, 7, 7], [8, 8, 9, 9]],
+                     np.float32)
+    keep_two, keep_three = np.array([[0.9, 0.8, 0.7, 0, 0, 0]], np.float32), np.array([[0.9, 0, 0.7, 0, 0.6, 0]],
+                                                                                         np.float32)
+    work = [Item("s", i, time.time(), tensor={"boxes": boxes, "scores": sc}) for i, sc in enumerate((keep_two,
+                                                                                                      keep_three))]
+    stats = PipelineStats()
+    out: list[Item] = []
+    sched = Scheduler([open_session(model, "onnxruntime", threads=1)], SchedulerConfig(max_batch=2, max_delay_ms=2000),
+                      stats, out.append)
+    assert sched.offer(work)  # both in the queue before the worker takes: one batch of two
+    sched.start()
+    sched.close(timeout=30)
+    assert [it.error for it in out] == [None, None]
+    assert [it.outputs["selected"][:, 2].tolist() for it in out] == [[0, 2], [0, 2, 4]]
+    assert all(it.whole_outputs for it in out) and sched.max_batch == 1
+
+
 def test_file_items_wait_for_room_live_items_drop_the_oldest():
     stats = PipelineStats()
     q = ItemQueue(2, stats)

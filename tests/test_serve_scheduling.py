@@ -13,7 +13,7 @@ import pytest
 
 from edgepilot.assets import asset
 from edgepilot.engines.fake import FakeEngine, registered
-from servers import B1, W1, W2, heavy_onnx, linear_onnx, serving
+from servers import B1, W1, W2, heavy_onnx, linear_onnx, nms_onnx, reshape_onnx, serving
 
 
 def infer(url, model, x, version=None):
@@ -88,6 +88,49 @@ def test_a_request_larger_than_max_batch_and_a_fixed_batch_model(tmp_path):
     assert {b["batch_size"] for b in batches} == {3, 2}  # 5 samples: one full batch, one padded
 
 
+def test_models_without_a_batch_dimension_answer_whole_outputs(tmp_path):
+    """NMS inside the graph gives [K, 3], K the boxes kept: a request gets all K rows (split by sample, it had the
+    first row alone), concurrent ones too. A model whose outputs do not follow its first dimension at load runs
+    each request as it is (before: an IndexError in the worker); max_batch: 0 says so for any model. One the load
+    could not tell refuses a request of two samples (their rows have no sample axis to part them by)."""
+    import onnxruntime as ort
+
+    nms = nms_onnx(tmp_path / "nms" / "1" / "model.onnx")
+    nms_onnx(tmp_path / "nms-batch" / "1" / "model.onnx", batch="batch")
+    reshape_onnx(tmp_path / "reshape" / "1" / "model.onnx")
+    linear_onnx(tmp_path / "whole" / "1" / "model.onnx")
+    (tmp_path / "whole" / "config.yaml").write_text("max_batch: 0\n")
+    boxes = np.array([[[0, 0, 1, 1], [0, 0, 1, 1.05], [2, 2, 3, 3], [4, 4, 5, 5], [6, 6, 7, 7], [8, 8, 9, 9]]],
+                     np.float32)
+    scores = np.array([[[0.9, 0.8, 0.7, 0.2, 0.6, 0.1]]], np.float32)  # 3 kept: 0 (1 overlaps it), 2 and 4
+    want = ort.InferenceSession(str(nms), providers=["CPUExecutionProvider"]).run(
+        None, {"boxes": boxes, "scores": scores})[0]
+    body = {"inputs": [{"name": "boxes", "shape": [1, 6, 4], "datatype": "FP32", "data": boxes.ravel().tolist()},
+                       {"name": "scores", "shape": [1, 1, 6], "datatype": "FP32", "data": scores.ravel().tolist()}]}
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    with serving(tmp_path) as server, ThreadPoolExecutor(4) as pool:
+        replies = list(pool.map(lambda _: httpx.post(f"{server.url}/v2/models/nms/infer", json=body, timeout=30),
+                                range(4)))
+        assert server.app_state.repo.get("reshape").whole and server.app_state.repo.get("whole").whole
+        reshaped = infer(server.url, "reshape", x)
+        # the load's seeded synthetic run keeps one box of one image: K = 1 = the batch, so nothing told it apart
+        assert not server.app_state.repo.get("nms-batch").whole
+        two = {"inputs": [{**t, "shape": [2, *t["shape"][1:]], "data": t["data"] * 2} for t in body["inputs"]]}
+        refused = httpx.post(f"{server.url}/v2/models/nms-batch/infer", json=two, timeout=30)
+        one = httpx.post(f"{server.url}/v2/models/nms-batch/infer", json=body, timeout=30)
+        status, reply = infer(server.url, "whole", x[:2])
+        stats = httpx.get(f"{server.url}/v2/models/whole/stats").json()["model_stats"][0]
+    for r in replies:
+        assert r.status_code == 200, r.text
+        out = r.json()["outputs"][0]
+        assert out["shape"] == [3, 3] and out["datatype"] == "INT64" and out["data"] == want.ravel().tolist()
+    assert refused.status_code == 400 and "one sample per request" in refused.json()["error"]
+    assert one.status_code == 200 and one.json()["outputs"][0]["data"] == want.ravel().tolist()
+    assert reshaped[0] == 200 and output(reshaped[1], (2, 6)).tolist() == x.reshape(2, 6).tolist()
+    assert status == 200 and stats["execution_count"] == 1  # two rows, one run
+    np.testing.assert_allclose(output(reply, (2, 3)), x[:2] @ W1 + B1, rtol=1e-5)
+
+
 def test_instances_threads_and_warm_up_at_load(tmp_path):
     linear_onnx(tmp_path / "scripted" / "1" / "model.onnx")
     (tmp_path / "scripted" / "config.yaml").write_text("engine: fake-warm\ninstances: 3\nthreads: 1\nwarmup: 2\n")
@@ -139,7 +182,7 @@ def test_a_new_version_is_swapped_in_without_failing_requests_in_flight(tmp_path
 
 
 @pytest.mark.parametrize("config,words", [("versions: [3]\n", "no folder for version"),
-                                          ("engine: nope\n", "unknown engine"), ("max_batch: 0\n", "max_batch"),
+                                          ("engine: nope\n", "unknown engine"), ("max_batch: -1\n", "max_batch"),
                                           ("inline: true\nmax_batch: 4\n", "inline needs max_batch 1")])
 def test_a_bad_config_leaves_the_model_unavailable_with_the_reason(tmp_path, config, words):
     linear_onnx(tmp_path / "linear" / "1" / "model.onnx")

@@ -114,6 +114,7 @@ class Item:
     tensor: np.ndarray | dict[str, np.ndarray] | None = None  # model input(s) for this item, without the batch axis
     transform: FrameTransform | None = None
     outputs: dict[str, np.ndarray] | None = None  # this item's slice of the model outputs
+    whole_outputs: bool = False  # the outputs are the model's own (no batch axis to slice them by)
     result: Result | None = None
     events: list[Event] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds

@@ -189,16 +189,18 @@ class Scheduler:
     which are closed once the last such batch has ended."""
 
     def __init__(self, sessions: list[Session], cfg: SchedulerConfig, stats: PipelineStats,
-                 emit: Callable[[Item], None]) -> None:
-        self.cfg, self.stats = cfg, stats
+                 emit: Callable[[Item], None], *, whole: bool = False) -> None:
+        """`whole`: the model has no batch dimension; an item's tensor is a whole request's feeds (a dict), run as
+        it is, one at a time, and its outputs are the model's, not split."""
+        self.cfg, self.stats, self.whole = cfg, stats, whole
         self._live = _SessionSet(sessions)
         self._sessions_lock = threading.Lock()
         self.emit = emit
         spec = sessions[0].inputs[0]
         self.input_name = spec.name
         fixed = spec.shape[0] if spec.shape and isinstance(spec.shape[0], int) and spec.shape[0] > 0 else None
-        self.fixed_batch = fixed
-        self.max_batch = min(cfg.max_batch, fixed) if fixed else cfg.max_batch
+        self.fixed_batch = None if whole else fixed  # a whole request is never padded
+        self.max_batch = 1 if whole else min(cfg.max_batch, fixed) if fixed else cfg.max_batch
         self.queue = ItemQueue(cfg.queue_size, stats)
         self._take_lock = threading.Lock()
         self._ticket = 0
@@ -284,7 +286,7 @@ class Scheduler:
                     self.stats.count("errors", it.source)
 
     def _run(self, session: Session, ready: list[Item]) -> None:
-        feeds = self._stack([it.tensor for it in ready])
+        feeds = ready[0].tensor if self.whole else self._stack([it.tensor for it in ready])
         n = len(ready)
         if self.fixed_batch and n < self.fixed_batch:  # a fixed-batch model takes exactly its batch: pad with zeros
             feeds = {k: np.concatenate([x, np.zeros((self.fixed_batch - n,) + x.shape[1:], x.dtype)])
@@ -302,6 +304,25 @@ class Scheduler:
             return
         dt = time.perf_counter() - t0
         self.stats.inference(dt, n)
+        fed = len(next(iter(feeds.values())))
+        astray = [k for k, v in outputs.items() if np.ndim(v) == 0 or len(v) != fed]
+        if self.whole or (astray and n == 1 and fed == 1):  # one sample: the model's outputs are its own, whole
+            ready[0].outputs, ready[0].whole_outputs = outputs, True
+            ready[0].timings["infer"] = dt
+            return
+        if astray and n > 1:  # no sample axis to split by: each alone, and no more batches
+            if self.max_batch > 1:
+                log.warning("output %r %s does not follow the batch of %d: the model has no batch dimension; "
+                            "batching is off", astray[0], list(np.shape(outputs[astray[0]])), fed)
+                self.max_batch = 1
+            for it in ready:
+                self._run(session, [it])
+            return
+        if astray:  # one sample padded to a fixed batch the outputs do not follow: nothing of it is its own
+            for it in ready:
+                it.error = f"output {astray[0]!r} {list(np.shape(outputs[astray[0]]))} does not follow the batch"
+                self.stats.count("errors", it.source)
+            return
         for i, it in enumerate(ready):
             it.outputs = {k: v[i] for k, v in outputs.items()}
             it.timings["infer"] = dt / n

@@ -37,8 +37,10 @@ class ServedModelConfig(BaseModel):
     engine: str | None = Field(None, description="default: the first available engine that runs the format")
     threads: int | None = Field(None, ge=1, description="threads per instance; default: the cores / instances")
     instances: int = Field(1, ge=1, le=64, description="sessions run in parallel, one worker thread each")
-    max_batch: int = Field(8, ge=1, description="samples of concurrent requests batched into one inference; "
-                                               "1: no dynamic batching")
+    max_batch: int = Field(8, ge=0, description="samples of concurrent requests batched into one inference; "
+                                               "1: no dynamic batching; 0: the model has no batch dimension, "
+                                               "each request runs whole (found at load when its outputs do "
+                                               "not follow the inputs' first dimension)")
     # 0.5 ms, not the pipeline's 2: clients waiting on their answers send the next request only after it, so a
     # longer window mostly idles (bench/serve.py: batching x2.2 at 8 clients with 0.5 ms, x1.3 with 2 ms)
     max_delay_ms: float = Field(0.5, ge=0, description="how long a partial batch waits for more requests")

@@ -135,12 +135,16 @@ class ServedVersion:
                 self._close_sessions()
                 self.sessions, self.spin_wait = [], False
                 self._open(model, instances, threads)
-            for s in self.sessions:
-                self._warm_up(s, warmup)
+            follows, probed = (True, False) if max_batch == 0 else self._follows_batch(self.sessions[0])
+            for i, s in enumerate(self.sessions):
+                self._warm_up(s, warmup - (i == 0 and probed))  # the probe was the first instance's first run
             self.inputs, self.outputs = self.sessions[0].inputs, self.sessions[0].outputs
-            cfg = SchedulerConfig(max_batch=max_batch, max_delay_ms=max_delay_ms,
-                                  queue_size=max_queue)
-            self.scheduler = Scheduler(self.sessions, cfg, _BatchStats(self), self._emit)
+            self.whole = max_batch == 0 or not follows
+            if self.whole and max_batch:
+                log.warning("%s v%d: its outputs do not follow the inputs' first dimension: no batch dimension, "
+                            "each request runs whole (max_batch: 0)", name, version)
+            cfg = SchedulerConfig(max_batch=max(1, max_batch), max_delay_ms=max_delay_ms, queue_size=max_queue)
+            self.scheduler = Scheduler(self.sessions, cfg, _BatchStats(self), self._emit, whole=self.whole)
             self.inline, self.inline_auto = self._inline(inline, one_sample_s), inline == "auto"
         except Exception:
             self._close_sessions()
@@ -171,6 +175,19 @@ class ServedVersion:
             return wanted
         fixed = all(isinstance(d, int) and d > 0 for spec in self.inputs for d in spec.shape[1:])
         return unbatched and fixed and one_sample_s() < (SPIN_MIN_S if self.spin_wait is False else INLINE_MAX_S)
+
+    @staticmethod
+    def _follows_batch(session: _Serialized) -> tuple[bool, bool]:
+        """Whether every output's first dimension is the inputs' (their batch), on synthetic inputs, and whether
+        that ran: a model with detections of its own as outputs ([K, 6] after an NMS) has none to split by sample
+        (when K happens to equal the batch here, the scheduler finds it on a later run)."""
+        try:
+            feeds = synthetic_feeds(session.inputs)  # a fixed first dimension as it is, else 1
+            outputs = session.run(feeds)
+        except Exception:  # noqa: BLE001 — a model that needs real inputs: the scheduler checks every run instead
+            return True, False
+        fed = len(next(iter(feeds.values())))
+        return all(np.ndim(v) and len(v) == fed for v in outputs.values()), True
 
     @staticmethod
     def _time_one_sample(session: _Serialized) -> float:
@@ -214,16 +231,17 @@ class ServedVersion:
             raise
 
     async def _infer(self, feeds: dict[str, np.ndarray], timeout_s: float, t0: float):
-        feeds = validate_feeds(self.inputs, feeds, reject_nonfinite=self.reject_nonfinite)
-        n = next(iter(feeds.values())).shape[0]
+        feeds = validate_feeds(self.inputs, feeds, reject_nonfinite=self.reject_nonfinite, whole=self.whole)
+        n = 1 if self.whole else next(iter(feeds.values())).shape[0]
         if n == 0:
             raise InputError("an empty batch (first dimension 0)")
         self.stats.compute_input.add(time.perf_counter() - t0)
         if n == 1 and self.inline:
             return self._run_inline(feeds, t0)
         req = _Request(n)  # one item per sample: the scheduler batches samples of concurrent requests together
-        items = [Item(source=self.name, seq=i, ts=time.time(), tensor={k: v[i] for k, v in feeds.items()},
-                      meta={"request": req}) for i in range(n)]
+        items = [Item(source=self.name, seq=0, ts=time.time(), tensor=feeds, meta={"request": req})] if self.whole \
+            else [Item(source=self.name, seq=i, ts=time.time(), tensor={k: v[i] for k, v in feeds.items()},
+                       meta={"request": req}) for i in range(n)]
         try:
             if not self.scheduler.offer(items):  # a full queue blocks a thread, not the event loop
                 await asyncio.to_thread(self._submit, items)
@@ -263,6 +281,12 @@ class ServedVersion:
             failed = next((it.error for it in req.items if it.error), None)
             if failed:
                 req.future.set_exception(RuntimeFailure(f"{self.name} v{self.version}: {failed}"))
+            elif len(req.items) == 1 and req.items[0].whole_outputs:  # as the model gave them
+                req.future.set_result(req.items[0].outputs)
+            elif any(it.whole_outputs for it in req.items):  # no sample axis to stack them on
+                req.future.set_exception(InputError(
+                    f"{self.name} v{self.version}: the model's outputs do not follow the batch dimension",
+                    hint="send one sample per request, or serve the model with max_batch: 0"))
             else:
                 req.future.set_result({k: np.stack([it.outputs[k] for it in req.items]) for k in req.items[0].outputs})
         except concurrent.futures.InvalidStateError:

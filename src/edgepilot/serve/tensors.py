@@ -109,12 +109,13 @@ def _reshape(x: np.ndarray, shape: list[int], name: str) -> np.ndarray:
 
 
 def validate_feeds(inputs: list[TensorSpec], feeds: dict[str, np.ndarray], *,
-                   reject_nonfinite: bool) -> dict[str, np.ndarray]:
+                   reject_nonfinite: bool, whole: bool = False) -> dict[str, np.ndarray]:
     """Names, dtypes and shapes against the model (through the engines' own check; any batch size is fine, the
-    scheduler splits and pads), one batch size across inputs, and no NaN/Inf if asked."""
-    feeds = check_feeds([replace(s, shape=(None, *s.shape[1:])) for s in inputs], feeds)
+    scheduler splits and pads), one batch size across inputs, and no NaN/Inf if asked. `whole`: a model without a
+    batch dimension, whose inputs are checked as they are."""
+    feeds = check_feeds(inputs if whole else [replace(s, shape=(None, *s.shape[1:])) for s in inputs], feeds)
     sizes = {x.shape[0] for x in feeds.values()}
-    if len(sizes) > 1:
+    if len(sizes) > 1 and not whole:
         raise InputError(f"inputs must share one batch size (first dimension), got {sorted(sizes)}")
     if reject_nonfinite:
         for name, x in feeds.items():
