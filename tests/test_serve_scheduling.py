@@ -50,7 +50,7 @@ def test_samples_of_different_sizes_to_a_real_dynamic_detector_never_share_a_bat
     model = asset("ppocr-det-v4", download=False)
     (tmp_path / "det" / "1").mkdir(parents=True)
     shutil.copy(model, tmp_path / "det" / "1" / "model.onnx")
-    (tmp_path / "det" / "config.yaml").write_text("max_batch: 4\nmax_delay_ms: 1000\ninstances: 1\nwarmup: 0\n"
+    (tmp_path / "det" / "config.yaml").write_text("max_batch: 4\nmax_delay_ms: 2000\ninstances: 1\nwarmup: 0\n"
                                                   "inline: false\n")
     rng = np.random.default_rng(0)
     xs = [rng.random(shape, np.float32) for shape in ((1, 3, 64, 96), (1, 3, 96, 64), (1, 3, 64, 96))]
