@@ -93,6 +93,64 @@ def test_webhook_retries_until_the_endpoint_is_up_in_order(tmp_path):
         server.shutdown()
 
 
+def test_webhook_outlives_an_endpoint_that_does_not_speak_http_and_a_spool_that_cannot_grow(tmp_path):
+    """An answer that is no HTTP (http.client's BadStatusLine, not an OSError) had killed the delivery thread, and
+    every later event stayed queued; a spool the file system refuses (EFBIG here, as ENOSPC on a full disk) holds
+    the event in memory until it can be written. Then a real endpoint gets them all, in order."""
+    import resource
+    import signal
+    import socket
+
+    port = free_port()
+    liar = socket.create_server(("127.0.0.1", port))
+
+    def answer_garbage():
+        while True:
+            try:
+                conn, _ = liar.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+
+    threading.Thread(target=answer_garbage, daemon=True).start()
+    cfg = WebhookSinkConfig(type="webhook", url=f"http://127.0.0.1:{port}/hook", retry_s=0.05, max_retry_s=0.1,
+                            timeout_s=1)
+    sink = WebhookSink(cfg, tmp_path)
+    sink.write(item(0, events=1))
+    deadline = time.monotonic() + 10
+    while sink.undelivered()[0] < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # a few retries against the liar
+    assert sink._thread.is_alive() and sink.undelivered()[0] == 1
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    spooled = sink.poster.spool.stat().st_size
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+    resource.setrlimit(resource.RLIMIT_FSIZE, (spooled, hard))
+    try:
+        sink.write(item(1, events=1))
+        time.sleep(0.3)
+        assert sink._thread.is_alive() and sink.undelivered()[0] == 2  # one spooled, one held
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old_handler)
+    liar.shutdown(socket.SHUT_RDWR)  # wakes its accept, so the port is free for the real endpoint
+    liar.close()
+    _Hook.received = []
+    server = HTTPServer(("127.0.0.1", port), _Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        sink.write(item(2, events=1))
+        deadline = time.monotonic() + 10
+        while len(_Hook.received) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [e["seq"] for e in _Hook.received] == [0, 1, 2]
+    finally:
+        sink.close()
+        server.shutdown()
+
+
 def test_annotated_video_and_snapshots(tmp_path):
     import cv2
 

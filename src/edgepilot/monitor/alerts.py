@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import logging
+import os
 import threading
 import urllib.error
 import urllib.request
@@ -131,9 +133,18 @@ class WebhookSink:
     def send(self, alert: Alert) -> int:
         """Spools the alert (anything with `to_json()`), then delivers what it can; returns how many still wait."""
         with self._lock:
-            with self.spool.open("a", encoding="utf-8") as f:
-                f.write(alert.to_json() + "\n")
+            self._keep_locked(alert)
             return self._flush_locked()
+
+    def keep(self, alert: Alert) -> bool:
+        """Spools the alert without delivering it (`flush` does); raises OSError when the spool cannot take it."""
+        with self._lock:
+            self._keep_locked(alert)
+        return True
+
+    def _keep_locked(self, alert: Alert) -> None:
+        with self.spool.open("a", encoding="utf-8") as f:
+            f.write(alert.to_json() + "\n")
 
     def flush(self) -> int:
         """Try to deliver everything spooled; returns how many are still waiting."""
@@ -149,13 +160,16 @@ class WebhookSink:
         for body in pending:
             try:
                 self._post(body)
-            except (urllib.error.URLError, OSError, TimeoutError) as e:
+            except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException) as e:  # or not HTTP
                 log.info("webhook %s unreachable (%s); %d alert(s) kept in %s", self.url, e, len(pending) - sent,
                          self.spool)
                 break
             sent += 1
         rest = pending[sent:]
-        self.spool.write_text("".join(ln + "\n" for ln in rest), encoding="utf-8")
+        if sent:  # replaced whole: a full disk leaves the old spool (the sent again: at least once), never a cut one
+            tmp = self.spool.with_name(self.spool.name + ".tmp")
+            tmp.write_text("".join(ln + "\n" for ln in rest), encoding="utf-8")
+            os.replace(tmp, self.spool)
         return len(rest)
 
 

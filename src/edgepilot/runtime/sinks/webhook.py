@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import queue
 import threading
 from pathlib import Path
@@ -11,6 +12,8 @@ from pydantic import Field
 
 from edgepilot.runtime.item import Event, Item
 from edgepilot.runtime.sinks.base import Sink, SinkConfigBase
+
+log = logging.getLogger(__name__)
 
 
 class WebhookSinkConfig(SinkConfigBase):
@@ -49,19 +52,32 @@ class WebhookSink(Sink):
                 self._q.put(e)
 
     def _run(self) -> None:
-        delay = self.cfg.retry_s
-        pending = self.poster.flush()  # what an earlier run left in the spool goes first
+        delay, held = self.cfg.retry_s, None  # held: an event the spool could not take (a full disk, say)
+        pending = self._attempt(self.poster.flush, default=1)  # what an earlier run left goes first
         while not self._stop.is_set():
-            try:
-                e = self._q.get(timeout=delay if pending else 0.5)
-            except queue.Empty:
-                e = None
+            e = held
+            if e is None:
+                try:
+                    e = self._q.get(timeout=delay if pending else 0.5)
+                except queue.Empty:
+                    pass
+            elif self._stop.wait(delay):
+                break
             if e is not None:
-                pending = self.poster.send(e)
+                held = None if self._attempt(self.poster.keep, e, default=False) else e
+                pending = self._attempt(self.poster.flush, default=max(pending, 1))
             elif pending:
-                pending = self.poster.flush()
-            self._left = pending
-            delay = min(delay * 2, self.cfg.max_retry_s) if pending else self.cfg.retry_s
+                pending = self._attempt(self.poster.flush, default=pending)
+            self._left = pending + (held is not None)
+            delay = min(delay * 2, self.cfg.max_retry_s) if self._left else self.cfg.retry_s
+
+    def _attempt(self, step, *args, default: int):
+        """`step(*args)`, or `default` when it failed (logged): the thread never dies."""
+        try:
+            return step(*args)
+        except Exception as e:
+            log.warning("webhook %s: %s: %s; retrying", self.cfg.url, type(e).__name__, e)
+            return default
 
     def close(self) -> None:
         while not self._q.empty():  # spool what is queued (delivery is attempted; leftovers stay for next time)
