@@ -79,15 +79,20 @@ def test_webhook_retries_until_the_endpoint_is_up_in_order(tmp_path):
     for i in range(3):  # nobody listens yet: kept in the spool
         sink.write(item(i, events=1))
     time.sleep(0.3)
+    assert delivered_once_up(sink, port, last=3) == [0, 1, 2, 3]
+
+
+def delivered_once_up(sink: WebhookSink, port: int, last: int) -> list[int]:
+    """The seqs a webhook endpoint started on `port` receives, in order, once event `last` follows the rest."""
     _Hook.received = []
     server = HTTPServer(("127.0.0.1", port), _Hook)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        sink.write(item(3, events=1))
+        sink.write(item(last, events=1))
         deadline = time.monotonic() + 10
-        while len(_Hook.received) < 4 and time.monotonic() < deadline:
+        while len(_Hook.received) <= last and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert [e["seq"] for e in _Hook.received] == [0, 1, 2, 3]
+        return [e["seq"] for e in _Hook.received]
     finally:
         sink.close()
         server.shutdown()
@@ -137,18 +142,7 @@ def test_webhook_outlives_an_endpoint_that_does_not_speak_http_and_a_spool_that_
         signal.signal(signal.SIGXFSZ, old_handler)
     liar.shutdown(socket.SHUT_RDWR)  # wakes its accept, so the port is free for the real endpoint
     liar.close()
-    _Hook.received = []
-    server = HTTPServer(("127.0.0.1", port), _Hook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        sink.write(item(2, events=1))
-        deadline = time.monotonic() + 10
-        while len(_Hook.received) < 3 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert [e["seq"] for e in _Hook.received] == [0, 1, 2]
-    finally:
-        sink.close()
-        server.shutdown()
+    assert delivered_once_up(sink, port, last=2) == [0, 1, 2]
 
 
 def test_annotated_video_and_snapshots(tmp_path):
