@@ -257,9 +257,13 @@ def test_vcgencmd_failure_is_a_reason(tmp_path):
 
 
 def test_tegrastats_collector_streams_lines(tmp_path):
+    # first ~250 kB of warnings on stderr (more than a pipe holds: an undrained stderr had blocked the tool) and a
+    # line that is no UTF-8 (it had killed the reader)
     exe = executable(tmp_path / "tegrastats", f"""
         import sys, time
         assert sys.argv[1:] == ["--interval", "100"]
+        sys.stderr.write("NvRmPrivGetChipIdStub: warning\\n" * 8000)
+        sys.stdout.buffer.write(b"\\xff\\xfe not text\\n")
         while True:
             print({JP6_ORIN_NANO!r}, flush=True)
             time.sleep(0.1)

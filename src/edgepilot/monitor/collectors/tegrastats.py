@@ -181,20 +181,23 @@ class TegrastatsCollector(Collector):
             board = "" if Path("/etc/nv_tegra_release").exists() else " (not a Jetson: /etc/nv_tegra_release is absent)"
             raise SourceUnavailable(f"{self.exe_name} not found on PATH{board}")
         try:
+            # stderr into the one pipe read: a tool that writes much there must not block on a pipe nobody drains
             self._proc = subprocess.Popen([self.exe, "--interval", str(self.interval_ms)], stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE, text=True, bufsize=1)
+                                          stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1)
         except OSError as e:
             raise SourceUnavailable(f"could not start {self.exe}: {e}") from e
         threading.Thread(target=self._read, args=(self._proc,), name="tegrastats-reader", daemon=True).start()
 
     def _read(self, proc: subprocess.Popen) -> None:
         assert proc.stdout is not None  # opened with stdout=PIPE above
+        said = ""  # the last line that is no reading: why it exited, if it does
         for line in proc.stdout:
             if "RAM " in line:
                 with self._lock:
                     self._latest = (time.monotonic(), line)
-        err = proc.stderr.read().strip() if proc.stderr else ""
-        self._why = f"{self.exe} exited ({proc.wait()})" + (f": {err.splitlines()[-1]}" if err else "")
+            elif line.strip():
+                said = line.strip()
+        self._why = f"{self.exe} exited ({proc.wait()})" + (f": {said}" if said else "")
 
     def probe(self) -> tuple[bool, str]:
         try:
