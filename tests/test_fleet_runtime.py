@@ -304,3 +304,31 @@ def test_a_real_devices_agent_publishes_its_runtimes_health_to_the_controller_an
     said = log.read_text()
     assert "no health report at" in said and "unreadable health report" in said and "not alive" in said
     assert said.count("unreadable health report") == 1  # once, not at every interval
+
+
+def test_the_inventory_outlives_a_state_nested_too_deep(mosquitto):
+    """Anyone on the broker can publish on a state topic: JSON nested deeper than Python recurses raised a
+    RecursionError in paho's callback, which ended its network thread, and the controller heard no device again."""
+    import paho.mqtt.client as mqtt
+
+    from edgepilot.fleet.inventory import Inventory
+    from edgepilot.fleet.protocol import broker, state_topic
+
+    inv = Inventory(broker(f"127.0.0.1:{mosquitto.port}")).start()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    client.connect("127.0.0.1", mosquitto.port)
+    client.loop_start()
+    try:
+        def say(device: str, payload: bytes, retain: bool = False) -> None:
+            client.publish(state_topic("rpi4", device), payload, qos=1, retain=retain).wait_for_publish(5)
+
+        say("first", json.dumps({"version": 1}).encode(), retain=True)  # retained: seen once the inventory listens
+        assert inv.wait_for(lambda d: "first" in d, 20)
+        say("deep", b"[" * 100_000 + b"]" * 100_000)
+        say("good", json.dumps({"version": 3}).encode())
+        assert inv.wait_for(lambda d: d.get("good", {}).get("version") == 3, 20), inv.devices()
+        assert "deep" not in inv.devices()
+    finally:
+        client.disconnect()
+        client.loop_stop()
+        inv.stop()

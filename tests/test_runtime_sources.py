@@ -387,7 +387,7 @@ def test_parse_payload_flattens_numbers_and_decodes_images(photos):
     frame, values = parse_payload(png)
     assert frame.shape == (H, W, 3) and values is None
     for bad, why in [(b"{oops", "not JSON"), (b'{"name": "x"}', "no numeric"), (b"\xff\xd8\xffjunk", "image"),
-                     (b'{"image": "***"}', "base64")]:
+                     (b'{"image": "***"}', "base64"), (b"[" * 100_000 + b"]" * 100_000, "too deep")]:
         with pytest.raises(ValueError, match=why):
             parse_payload(bad)
 
@@ -400,7 +400,9 @@ def test_mqtt_source_yields_sensor_json_and_images_and_skips_malformed(mosquitto
     b64 = json.dumps({"image": base64.b64encode(cv2.imencode(".png", photos[1])[1].tobytes()).decode(), "n": 7})
     publish(mosquitto.port, "plant/a/data", [
         b'{"temp": 21.5, "motor": {"rpm": 1200}}', b"{not json", jpeg, b'{"status": "ok"}',
-        b"\xff\xd8\xff\xe0 truncated jpeg", b64.encode(), b'{"temp": 22.0}'])
+        b"\xff\xd8\xff\xe0 truncated jpeg", b64.encode(),
+        b'{"a": ' * 50_000 + b"1" + b"}" * 50_000,  # a RecursionError had ended paho's thread: nothing more came
+        b'{"temp": 22.0}'])
     items = drain.wait(4)
     time.sleep(0.1)
     drain.stop()
@@ -410,7 +412,7 @@ def test_mqtt_source_yields_sensor_json_and_images_and_skips_malformed(mosquitto
     assert np.array_equal(items[2].frame, photos[1]) and items[2].values == {"n": 7.0}
     assert items[3].values == {"temp": 22.0}
     assert all(i.meta["topic"] == "plant/a/data" and i.live and i.source == "mqtt:plant/+/data" for i in items)
-    assert src.stats()["skipped_malformed"] == 3
+    assert src.stats()["skipped_malformed"] == 4
 
 
 def test_mqtt_source_survives_a_broker_restart(mosquitto):

@@ -125,7 +125,7 @@ class Device:
             cmd = json.loads(msg.payload)
             if not isinstance(cmd, dict) or cmd.get("op") not in ("update", "rollback"):
                 raise ValueError("not a command")
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:  # anything escaping here would end paho's network thread
             log.warning("%s: ignored a malformed command (%s)", self.id, e)
             return
         self.host.work.put((self, cmd))

@@ -72,8 +72,8 @@ class Inventory:
             body = json.loads(msg.payload)
             if not isinstance(body, dict):
                 raise ValueError("not an object")
-        except ValueError as e:  # one device's bad message never stops the inventory
-            log.warning("%s: unreadable message (%s)", msg.topic, e)
+        except (ValueError, RecursionError) as e:  # one device's bad message never stops the inventory (paho's
+            log.warning("%s: unreadable message (%s)", msg.topic, e)  # thread ends on anything escaping here)
             return
         body["device"], body["received"] = device, time.time()
         body.setdefault("target", device_class)
@@ -81,7 +81,10 @@ class Inventory:
             online = self._devices.get(device, {}).get("online")
             self._devices[device] = {**body, "online": online if online is not None else True}
         for hook in self.on_state:
-            hook(device, body)
+            try:
+                hook(device, body)
+            except Exception:
+                log.exception("%s: handling its state failed", device)
 
     def get(self, device: str) -> dict | None:
         """One device's latest record (a copy), without copying the whole fleet."""

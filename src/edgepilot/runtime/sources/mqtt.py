@@ -54,6 +54,8 @@ def parse_payload(payload: bytes, mode: str = "auto") -> tuple[np.ndarray | None
         doc = json.loads(payload)
     except (ValueError, UnicodeDecodeError) as e:
         raise ValueError(f"not JSON ({e})") from None
+    except RecursionError:
+        raise ValueError("JSON nested too deep") from None
     frame = None
     if isinstance(doc, dict) and isinstance(doc.get("image"), str):
         try:
@@ -61,7 +63,10 @@ def parse_payload(payload: bytes, mode: str = "auto") -> tuple[np.ndarray | None
         except binascii.Error:
             raise ValueError("its 'image' field is not base64") from None
     values: dict[str, float] = {}
-    _numbers(doc, "", values)
+    try:
+        _numbers(doc, "", values)
+    except RecursionError:  # decodable, but deeper than the walk may go
+        raise ValueError("JSON nested too deep") from None
     if frame is None and not values:
         raise ValueError("no numeric field and no image")
     return frame, values or None
@@ -115,7 +120,7 @@ class MqttSource(Source):
         ts = time.time()
         try:
             frame, values = parse_payload(bytes(msg.payload), self.cfg.payload)
-        except ValueError as e:
+        except Exception as e:  # anything escaping here ends paho's network thread: no message would come again
             self._skip(f"malformed payload on {msg.topic}: {e}")
             return
         with self._cond:
